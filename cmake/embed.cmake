@@ -1,0 +1,17 @@
+# Turns kernel sources into C arrays so the library never reads a source path at run time.
+# cmake -DOUT=file.c -DSOURCES="name1=path1;name2=path2" -P embed.cmake
+set(body "/* Generated from kernels/ by cmake/embed.cmake. Do not edit. */\n#include <stddef.h>\n")
+foreach(pair IN LISTS SOURCES)
+  string(REPLACE "=" ";" parts "${pair}")
+  list(GET parts 0 name)
+  list(GET parts 1 path)
+  file(READ "${path}" hex HEX)
+  string(LENGTH "${hex}" hexlen)
+  math(EXPR len "${hexlen} / 2")
+  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
+  string(REGEX REPLACE "(0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,)" "\\1\n" bytes "${bytes}")
+  string(APPEND body "const char ${name}[] = {\n${bytes}0x00};\nconst size_t ${name}_len = ${len};\n")
+endforeach()
+file(WRITE "${OUT}.tmp" "${body}")
+file(COPY_FILE "${OUT}.tmp" "${OUT}" ONLY_IF_DIFFERENT)
+file(REMOVE "${OUT}.tmp")

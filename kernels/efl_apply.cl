@@ -1,0 +1,62 @@
+/*
+ * Last stage of a step (compiled after efl_common.h), one work-group: the loss total over columns
+ * (fixed tree order), then, unless the device flagged the step, the state update of SPEC
+ * "Gradient accumulation" and the next step's per-class (gamma_j, w_j) table. A flagged step
+ * leaves loss_out and the state untouched and is counted in info[1].
+ *
+ * Launch: global (EFL_APPLY_WG), local (EFL_APPLY_WG).
+ * state: [3][C] acc_t: pos_grad, neg_grad, g (pos_neg). table: [3][cpad] float: gamma_j (hi, lo), w_j; the padding keeps its initial values.
+ * info: [0] flags of the most recent call, [1] steps refused so far.
+ */
+#define EFL_APPLY_FORWARD 0 /* loss only */
+#define EFL_APPLY_STEP 1    /* loss, then state and table */
+#define EFL_APPLY_REFRESH 2 /* table from the state (after a write or reset) */
+
+__kernel __attribute__((reqd_work_group_size(EFL_APPLY_WG, 1, 1)))
+void efl_apply(__global const acc_t *restrict step_stats, __global const uint *restrict step_flags, uint cpad,
+               __global acc_t *restrict state, __global float *restrict table, __global float *restrict loss_out,
+               __global uint *restrict info, uint C, float gamma_b, float s, float loss_scale, int mode)
+{
+    __local acc_t part[EFL_APPLY_WG];
+    const uint lid = get_local_id(0);
+    uint flags = 0u;
+
+    if (mode != EFL_APPLY_REFRESH) {
+        flags = step_flags[0];
+        acc_t l = acc_zero();
+        for (uint j = lid; j < C; j += EFL_APPLY_WG)
+            l = acc_add(l, step_stats[2u * cpad + j]);
+        part[lid] = l;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (uint w = EFL_APPLY_WG / 2; w > 0; w >>= 1) {
+            if (lid < w)
+                part[lid] = acc_add(part[lid], part[lid + w]);
+            barrier(CLK_LOCAL_MEM_FENCE);
+        }
+        if (lid == 0u) {
+            if (flags == 0u)
+                loss_out[0] = acc_to_float(part[0]) * loss_scale;
+            info[0] = flags;
+            if (flags != 0u && mode == EFL_APPLY_STEP)
+                info[1] += 1u;
+        }
+    }
+    if (mode == EFL_APPLY_FORWARD || flags != 0u)
+        return; /* uniform across the work-group: no barrier follows */
+
+    for (uint j = lid; j < C; j += EFL_APPLY_WG) {
+        acc_t g = state[2u * C + j];
+        if (mode == EFL_APPLY_STEP) {
+            const acc_t pos = acc_add(state[j], step_stats[j]);
+            const acc_t neg = acc_add(state[C + j], step_stats[cpad + j]);
+            state[j] = pos;
+            state[C + j] = neg;
+            g = acc_clamp01(acc_div(pos, acc_add(neg, acc_eps())));
+            state[2u * C + j] = g;
+        }
+        const float2 gamma = efl_gamma_j(gamma_b, s, g);
+        table[j] = gamma.x;
+        table[cpad + j] = gamma.y;
+        table[2u * cpad + j] = gamma.x / gamma_b;
+    }
+}

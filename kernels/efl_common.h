@@ -1,0 +1,280 @@
+/*
+ * Shared by every efl kernel; the library compiles it in front of each .cl file, after a
+ * generated block of -D style defines (lib/program.c):
+ *   EFL_WGX        columns per work-group of the step and reduce kernels
+ *   EFL_APPLY_WG   work-group size of the apply kernel (a power of two)
+ *   EFL_FP64       1: accumulate in double (cl_khr_fp64); 0: compensated float pairs
+ *   EFL_VW         columns per work-item of the step kernel (1, 4, 8 or 16)
+ *   EFL_FMA        1 where fma is done in hardware (CL_FP_FMA)
+ *   EFL_UNROLL     unroll factor of the step's row loop
+ *
+ * Every formula of the loss lives here, once.
+ */
+#ifndef EFL_COMMON_H
+#define EFL_COMMON_H
+
+#if EFL_FP64
+#pragma OPENCL EXTENSION cl_khr_fp64 : enable
+#endif
+
+#ifndef EFL_UNROLL
+#define EFL_UNROLL 1
+#endif
+#define EFL_STR(x) #x
+#define EFL_PRAGMA(x) _Pragma(EFL_STR(x))
+
+/* ------------------------------------------------------------ label decoding */
+#define EFL_LABELS_REFERENCE 0
+#define EFL_LABELS_ZERO_BASED 1
+
+/* Flags the device raises; the apply kernel refuses a step that has any. */
+#define EFL_FLAG_INVALID_LABEL 1u
+
+/* Column of the row's class (-1 for background and ignored rows); *valid is 1.0f for rows that
+ * take part in the loss; *bad is set for labels outside the convention. */
+static inline int efl_label_column(int y, int C, int ignore_index, int convention, float *valid, uint *bad)
+{
+    const int ignored = (y == ignore_index);
+    int col;
+    int in_range;
+    if (convention == EFL_LABELS_ZERO_BASED) {
+        in_range = (y >= 0) && (y <= C);
+        col = (y < C) ? y : -1;
+    } else {
+        in_range = (y >= 0) && (y <= C);
+        col = y - 1;
+    }
+    const int ok = !ignored && in_range;
+    *valid = ok ? 1.0f : 0.0f;
+    *bad |= (!ignored && !in_range) ? EFL_FLAG_INVALID_LABEL : 0u;
+    return ok ? col : -1;
+}
+
+/* ------------------------------------------------------------------- math */
+/* The step kernel works on EFL_VW consecutive columns per work-item (explicit vectors: CPU
+ * runtimes do not vectorise a work-item loop that contains the row loop). floatV is float for
+ * EFL_VW == 1 (GPUs), else a vector; the math below is written once for both. */
+#ifndef EFL_VW
+#define EFL_VW 1
+#endif
+#if EFL_VW == 1
+typedef float floatV;
+typedef int intV;
+#define EFL_LANES 0
+#define efl_loadV(p) (*(p))
+#define efl_storeV(v, p) (*(p) = (v))
+#define efl_as_floatV as_float
+#define efl_as_intV as_int
+#define efl_convert_intV convert_int
+#elif EFL_VW == 4
+typedef float4 floatV;
+typedef int4 intV;
+#define EFL_LANES ((int4)(0, 1, 2, 3))
+#define efl_loadV(p) vload4(0, (p))
+#define efl_storeV(v, p) vstore4((v), 0, (p))
+#define efl_as_floatV as_float4
+#define efl_as_intV as_int4
+#define efl_convert_intV convert_int4
+#elif EFL_VW == 8
+typedef float8 floatV;
+typedef int8 intV;
+#define EFL_LANES ((int8)(0, 1, 2, 3, 4, 5, 6, 7))
+#define efl_loadV(p) vload8(0, (p))
+#define efl_storeV(v, p) vstore8((v), 0, (p))
+#define efl_as_floatV as_float8
+#define efl_as_intV as_int8
+#define efl_convert_intV convert_int8
+#elif EFL_VW == 16
+typedef float16 floatV;
+typedef int16 intV;
+#define EFL_LANES ((int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
+#define efl_loadV(p) vload16(0, (p))
+#define efl_storeV(v, p) vstore16((v), 0, (p))
+#define efl_as_floatV as_float16
+#define efl_as_intV as_int16
+#define efl_convert_intV convert_int16
+#else
+#error "EFL_VW must be 1, 4, 8 or 16"
+#endif
+
+/* log(1 + e) for e in [0, 1], from s = e / (2 + e) in [0, 1/3], without log (scalar and slow on
+ * some CPU runtimes) and without the cancellation of forming 1 + e:
+ *   log(1 + e) = 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...).
+ * A degree-4 fit in s^2 on [0, 1/9] replaces the series: relative error 7.6e-9 with the float
+ * coefficients, under float's rounding. tests/test_math checks the bound against double. */
+static inline floatV efl_log1p_from_s(floatV s)
+{
+    const floatV u = s * s;
+    floatV p = u * 0.140807688f + 0.139822096f;
+    p = p * u + 0.200123191f;
+    p = p * u + 0.333331615f;
+    p = p * u + 1.0f;
+    return 2.0f * s * p;
+}
+
+static inline floatV efl_log1p_unit(floatV e) { return efl_log1p_from_s(e / (2.0f + e)); }
+
+/* exp(t) for t <= 0 (both exponentials of the loss have such arguments): Cody-Waite
+ * reduction t = n ln2 + f, |f| <= ln2/2, a degree-6 fit of e^f (relative error 1.9e-9 before
+ * float rounding), 2^n built in the exponent bits. n is rounded by adding 1.5 * 2^23, which
+ * leaves it in the low mantissa bits (no floor/convert: scalar on some runtimes); so this must
+ * not be compiled with -cl-fast-relaxed-math, which could fold the add and subtract away.
+ * Pure arithmetic: every runtime vectorises it. Results below 2^-126 (t < -87) flush to 0, as
+ * GPUs flush denormals. tests/test_math checks it against double over [-87, 0]. */
+static inline floatV efl_exp_nonpos(floatV t)
+{
+    const floatV tc = fmax(t, -87.0f);
+    const floatV k = tc * 1.44269504f + 12582912.0f;
+    const floatV n = k - 12582912.0f;
+    floatV f = tc - n * 0.693145751953125f; /* ln2 split in two: n * hi is exact */
+    f = f - n * 1.428606765330187e-06f;
+    floatV p = f * 0.0013829428f + 0.0083747776f;
+    p = p * f + 0.041668359f;
+    p = p * f + 0.16666421f;
+    p = p * f + 0.49999991f;
+    p = p * f + 1.0f;
+    p = p * f + 1.0f;
+    /* the low bits of k hold n (|n| <= 126); the shift drops the magic number's own bits */
+    const floatV scale = efl_as_floatV((efl_as_intV(k) + 127) << 23);
+    return (t < -87.0f) ? 0.0f : p * scale;
+}
+
+/* exp(-(g_hi + g_lo) * (a + a_lo)) where the product's rounding would cost up to
+ * |product| * 2^-24 relative (1e-5 at gamma 10, |x| 17): the product is carried as hi + lo
+ * (fma gives the rounding error exactly) and lo enters to first order. Devices without
+ * hardware fma skip the correction. */
+static inline floatV efl_exp_neg_product(floatV g_hi, floatV g_lo, floatV a, floatV a_lo)
+{
+    const floatV hi = g_hi * a;
+#if EFL_FMA
+    const floatV lo = fma(g_hi, a, -hi) + (g_lo * a + g_hi * a_lo);
+    return efl_exp_nonpos(-hi) * (1.0f - lo);
+#else
+    return efl_exp_nonpos(-hi);
+#endif
+}
+
+/* The focal / EFL term of one element, unscaled (SPEC "Forward" and "Backward").
+ * z = x for the row's class column, -x otherwise, so p_t = sigmoid(z) and 1 - p_t = sigmoid(-z);
+ * both logarithms are softplus forms, finite for every finite x:
+ *   -log(p_t) = softplus(-z) = max(-z, 0) + log1p(exp(-|z|))
+ *   -log(q)   = softplus(z)  = max(z, 0)  + log1p(exp(-|z|)),     q = 1 - p_t
+ *   l  = aw q^gamma softplus(-z)
+ *   dl/dx = -(2t - 1) aw q^gamma (q + gamma p_t softplus(-z))
+ * aw = alpha_t * w_j; gamma = gamma_hi + gamma_lo. Two exponentials, one division, no log. */
+static inline void efl_focal_term(floatV x, intV is_pos, floatV gamma_hi, floatV gamma_lo, floatV aw, floatV *loss,
+                                  floatV *grad)
+{
+    const floatV z = is_pos ? x : -x;
+    const floatV e = efl_exp_nonpos(-fabs(z));
+    /* 1 / (1 + e) and e / (2 + e) from one division */
+    const floatV e1 = 1.0f + e, e2 = 2.0f + e;
+    const floatV inv = 1.0f / (e1 * e2);
+    const floatV r = e2 * inv;
+    const floatV lg = efl_log1p_from_s(e * e1 * inv);
+    const floatV sp_neg = fmax(-z, 0.0f) + lg;
+    /* softplus(z) = max(z, 0) + lg with its rounding error (two-sum), for the exponent */
+    const floatV zp = fmax(z, 0.0f);
+    const floatV sp_pos = zp + lg;
+    const floatV bb = sp_pos - zp;
+    const floatV sp_pos_lo = (zp - (sp_pos - bb)) + (lg - bb);
+    const floatV er = e * r;
+    const floatV p_t = (z >= 0.0f) ? r : er;
+    const floatV q = (z >= 0.0f) ? er : r;
+    const floatV qg = efl_exp_neg_product(gamma_hi, gamma_lo, sp_pos, sp_pos_lo);
+    const floatV awqg = aw * qg;
+    const floatV d = awqg * (gamma_hi * p_t * sp_neg + q);
+    *loss = awqg * sp_neg;
+    *grad = is_pos ? -d : d;
+}
+
+/* Kahan summation in float for the per-work-item sums of a row block: the block's sum stays
+ * within a few ulp whatever its length. Only additions: safe under FP_CONTRACT. */
+static inline void efl_kahan_add(floatV *sum, floatV *comp, floatV v)
+{
+    const floatV y = v - *comp;
+    const floatV t = *sum + y;
+    *comp = (t - *sum) - y;
+    *sum = t;
+}
+
+/* Per-class focusing and weighting factors from g (SPEC "Forward"). */
+#define EFL_GAMMA_J(gamma_b, s, g) ((gamma_b) + (s) * (1 - (g)))
+
+/* ------------------------------------------------------------ accumulators */
+/* The running totals outlive 10^5 steps of 10^8 elements: float64 where the device has it,
+ * else a float pair (hi, lo) with hi + lo the value and |lo| <= ulp(hi) / 2, which carries
+ * about 48 bits. */
+#if EFL_FP64
+typedef double acc_t;
+static inline acc_t acc_zero(void) { return 0.0; }
+static inline acc_t acc_from_float(float v) { return (double)v; }
+static inline acc_t acc_add(acc_t a, acc_t b) { return a + b; }
+static inline float acc_to_float(acc_t a) { return (float)a; }
+static inline acc_t acc_eps(void) { return 1e-10; }
+static inline acc_t acc_div(acc_t a, acc_t b) { return a / b; }
+static inline acc_t acc_clamp01(acc_t a) { return fmin(fmax(a, 0.0), 1.0); }
+/* gamma_j as a float pair (hi, lo): the step's exponent carries it to ~2^-48. */
+static inline float2 efl_gamma_j(float gamma_b, float s, acc_t g)
+{
+    const double gd = EFL_GAMMA_J((double)gamma_b, (double)s, g);
+    const float hi = (float)gd;
+    return (float2)(hi, (float)(gd - (double)hi));
+}
+#else
+typedef float2 acc_t;
+static inline float2 efl_two_sum(float a, float b)
+{
+    const float s = a + b;
+    const float bb = s - a;
+    return (float2)(s, (a - (s - bb)) + (b - bb));
+}
+static inline float2 efl_fast_two_sum(float a, float b) /* |a| >= |b| */
+{
+    const float s = a + b;
+    return (float2)(s, b - (s - a));
+}
+static inline acc_t acc_zero(void) { return (float2)(0.0f, 0.0f); }
+static inline acc_t acc_from_float(float v) { return (float2)(v, 0.0f); }
+static inline acc_t acc_add(acc_t a, acc_t b)
+{
+    const float2 s = efl_two_sum(a.x, b.x);
+    const float2 t = efl_two_sum(a.y, b.y);
+    float2 r = efl_fast_two_sum(s.x, s.y + t.x);
+    return efl_fast_two_sum(r.x, r.y + t.y);
+}
+static inline float acc_to_float(acc_t a) { return a.x + a.y; }
+/* 1e-10 as a pair: float(1e-10) and the rest. */
+static inline acc_t acc_eps(void) { return (float2)(1.000000013e-10f, -1.335143231e-18f); }
+/* Quotient of two pairs: one float division, then one correction from the exact remainder
+ * (fma gives the product's rounding error). Relative error about 2^-44. */
+static inline acc_t acc_div(acc_t a, acc_t b)
+{
+    const float q1 = a.x / b.x;
+    const float p = q1 * b.x;
+    const float pe = fma(q1, b.x, -p);
+    const float r = (((a.x - p) - pe) + a.y) - q1 * b.y;
+    const float q2 = r / b.x;
+    return efl_fast_two_sum(q1, q2);
+}
+static inline acc_t acc_clamp01(acc_t a)
+{
+    if (a.x + a.y <= 0.0f)
+        return acc_zero();
+    if (a.x > 1.0f || (a.x == 1.0f && a.y >= 0.0f))
+        return (float2)(1.0f, 0.0f);
+    return a;
+}
+/* gamma_j = gamma_b + s (1 - g) as a float pair (hi, lo), in pair arithmetic. */
+static inline float2 efl_gamma_j(float gamma_b, float s, acc_t g)
+{
+    const float2 om = efl_two_sum(1.0f, -g.x);           /* 1 - g.hi, exactly */
+    const float om_lo = om.y - g.y;
+    const float hi = s * om.x;
+    const float lo = fma(s, om.x, -hi) + s * om_lo;     /* s (1 - g) = hi + lo */
+    const float2 t = efl_two_sum(gamma_b, hi);
+    return efl_fast_two_sum(t.x, t.y + lo);
+}
+#endif
+
+#endif /* EFL_COMMON_H */

@@ -1,0 +1,33 @@
+/*
+ * Second stage of the per-class sums (compiled after efl_common.h): one work-item per column adds
+ * the row blocks' partials in block order, in acc_t (float64 or a float pair), so the result is
+ * the same bits run after run whatever the scheduling. Column 0 also ORs the blocks' flags.
+ *
+ * Launch: global (cpad), local (EFL_WGX).
+ * out: step_stats [3][cpad] acc_t (P, N, loss per column), step_flags [1].
+ */
+__kernel __attribute__((reqd_work_group_size(EFL_WGX, 1, 1)))
+void efl_reduce(__global const float *restrict partials, __global const uint *restrict block_flags,
+                uint nblocks, uint C, uint cpad, __global acc_t *restrict step_stats,
+                __global uint *restrict step_flags)
+{
+    const uint j = get_global_id(0);
+    acc_t p = acc_zero(), q = acc_zero(), l = acc_zero();
+    uint flags = 0u;
+    __global const float *pb = partials + j;
+    /* padded columns have no partials: they sum nothing (a bound, not an early return) */
+    const uint nb = j < C ? nblocks : 0u;
+    for (uint b = 0; b < nb; ++b) {
+        p = acc_add(p, acc_from_float(pb[0]));
+        q = acc_add(q, acc_from_float(pb[cpad]));
+        l = acc_add(l, acc_from_float(pb[2u * cpad]));
+        flags |= block_flags[b];
+        pb += 3u * cpad;
+    }
+    /* column 0 always exists (C >= 1) and sees every block's flags */
+    step_stats[j] = p;
+    step_stats[cpad + j] = q;
+    step_stats[2u * cpad + j] = l;
+    if (j == 0u)
+        step_flags[0] = flags;
+}

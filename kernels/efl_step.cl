@@ -1,0 +1,86 @@
+/*
+ * The fused pass (compiled after efl_common.h): reads each logit once, writes each gradient once,
+ * and leaves per-(row block, class) partial sums for efl_reduce.cl.
+ *
+ * Launch: global (groups * EFL_WGX, nblocks), local (EFL_WGX, 1). Work-item (i, b) owns the
+ * EFL_VW columns i * EFL_VW ... of the rows [b * rows_per_block, ...): a row is read by
+ * consecutive work-items (coalesced on GPUs, EFL_VW = 1) or as one vector per work-item (CPU
+ * runtimes, EFL_VW = 8 or 16: they do not vectorise a work-item loop around a row loop).
+ * The per-class sums need no atomics and no local memory: each is a private loop in a fixed
+ * order, so the result is bitwise reproducible.
+ *
+ * The last chunk of a row (C not a multiple of EFL_VW; C >= EFL_VW is guaranteed by the host)
+ * is shifted left to end at column C: it recomputes some of the previous chunk's columns and
+ * stores the same gradient bits there, but counts only its own columns in the sums. So every
+ * load and store is a whole vector, with no per-lane path inside the row loop.
+ *
+ * table: [3][cpad] gamma_j hi, gamma_j lo, w_j (padded, so vector loads never leave it).
+ * partials: [nblocks][3][cpad] floats: sum |grad| over positives, over negatives, sum of loss.
+ * block_flags: [nblocks] EFL_FLAG_* seen in the block (written by work-item 0 only).
+ */
+__kernel __attribute__((reqd_work_group_size(EFL_WGX, 1, 1)))
+void efl_step(__global const float *restrict x, __global const int *restrict labels,
+              __global float *restrict grad, __global float *restrict partials,
+              __global uint *restrict block_flags, __global const float *restrict table, uint n, uint C,
+              uint cpad, uint rows_per_block, float alpha_pos, float alpha_neg, float grad_scale,
+              int ignore_index, int convention, int write_grad)
+{
+    const uint own0 = get_global_id(0) * EFL_VW; /* first column this work-item counts */
+    const uint b = get_group_id(1);              /* == get_global_id(1) */
+    const uint c0 = min(own0, C - EFL_VW);       /* first column it reads */
+    const intV lanes = EFL_LANES + (int)c0;
+    const intV own = lanes >= (int)own0;
+
+    const floatV gamma_hi = efl_loadV(table + c0);
+    const floatV gamma_lo = efl_loadV(table + cpad + c0);
+    const floatV w = efl_loadV(table + 2u * cpad + c0);
+    const floatV aw_pos = alpha_pos * w;
+    const floatV aw_neg = alpha_neg * w;
+
+    const uint r0 = b * rows_per_block;
+    /* work-items wholly in the padding run no rows (a loop bound, not an early return, which
+     * stops some runtimes from vectorising) */
+    const uint r1 = own0 < C ? min(r0 + rows_per_block, n) : r0;
+
+    floatV pos = 0.0f, pos_c = 0.0f, neg = 0.0f, neg_c = 0.0f, ls = 0.0f, ls_c = 0.0f;
+    uint bad = 0u;
+    /* Each row's terms form a long dependent chain; unrolling (EFL_UNROLL, per device) lets a
+     * CPU overlap several rows' chains. */
+    EFL_PRAGMA(unroll EFL_UNROLL)
+    for (uint r = r0; r < r1; ++r) {
+        float valid;
+        const int col = efl_label_column(labels[r], (int)C, ignore_index, convention, &valid, &bad);
+        const intV is_pos = lanes == col;
+        const size_t idx = (size_t)r * C + c0;
+        floatV l, g;
+        efl_focal_term(efl_loadV(x + idx), is_pos, gamma_hi, gamma_lo, is_pos ? aw_pos : aw_neg, &l, &g);
+        /* select, not multiply: an ignored row's logit must not reach the sums even if NaN */
+        g = (valid != 0.0f) ? g * grad_scale : 0.0f;
+        if (write_grad)
+            efl_storeV(g, grad + idx);
+        const floatV ag = own ? fabs(g) : 0.0f;
+        efl_kahan_add(&pos, &pos_c, is_pos ? ag : 0.0f);
+        efl_kahan_add(&neg, &neg_c, is_pos ? 0.0f : ag);
+        efl_kahan_add(&ls, &ls_c, (own && valid != 0.0f) ? l : 0.0f);
+    }
+
+    /* partials at the columns this work-item owns; a shifted chunk stores lane by lane */
+    __global float *pb = partials + (size_t)b * 3u * cpad;
+    if (c0 == own0) {
+        efl_storeV(pos, pb + c0);
+        efl_storeV(neg, pb + cpad + c0);
+        efl_storeV(ls, pb + 2u * cpad + c0);
+    } else {
+        float tp[EFL_VW], tn[EFL_VW], tl[EFL_VW];
+        efl_storeV(pos, tp);
+        efl_storeV(neg, tn);
+        efl_storeV(ls, tl);
+        for (uint k = own0 - c0; k < EFL_VW && own0 < C; ++k) {
+            pb[c0 + k] = tp[k];
+            pb[cpad + c0 + k] = tn[k];
+            pb[2u * cpad + c0 + k] = tl[k];
+        }
+    }
+    if (own0 == 0u)
+        block_flags[b] = bad;
+}

@@ -1,0 +1,153 @@
+#include "device.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static cl_int get_str(cl_device_id dev, cl_device_info what, char *buf, size_t size)
+{
+    buf[0] = '\0';
+    cl_int err = clGetDeviceInfo(dev, what, size - 1, buf, NULL);
+    buf[size - 1] = '\0';
+    return err;
+}
+
+efl_status efl_device_query(cl_device_id dev, efl_device_info *info, cl_int *err)
+{
+    memset(info, 0, sizeof *info);
+    char cver[128];
+    cl_platform_id plat = NULL;
+    cl_int e = CL_SUCCESS;
+    e |= get_str(dev, CL_DEVICE_NAME, info->name, sizeof info->name);
+    e |= get_str(dev, CL_DEVICE_VENDOR, info->vendor, sizeof info->vendor);
+    e |= get_str(dev, CL_DRIVER_VERSION, info->driver, sizeof info->driver);
+    e |= get_str(dev, CL_DEVICE_OPENCL_C_VERSION, cver, sizeof cver);
+    e |= clGetDeviceInfo(dev, CL_DEVICE_TYPE, sizeof info->type, &info->type, NULL);
+    e |= clGetDeviceInfo(dev, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof info->max_wg, &info->max_wg, NULL);
+    e |= clGetDeviceInfo(dev, CL_DEVICE_LOCAL_MEM_SIZE, sizeof info->local_mem, &info->local_mem, NULL);
+    e |= clGetDeviceInfo(dev, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof info->max_alloc, &info->max_alloc, NULL);
+    e |= clGetDeviceInfo(dev, CL_DEVICE_PLATFORM, sizeof plat, &plat, NULL);
+    if (e != CL_SUCCESS) {
+        *err = e;
+        return EFL_ERROR_OPENCL;
+    }
+    if (clGetPlatformInfo(plat, CL_PLATFORM_NAME, sizeof info->platform - 1, info->platform, NULL) != CL_SUCCESS)
+        info->platform[0] = '\0';
+
+    /* "OpenCL C 1.2 ...": NVIDIA's 3.0 platforms still compile OpenCL C 1.2, so never infer this
+     * from the platform version. */
+    if (sscanf(cver, "OpenCL C %u.%u", &info->c_major, &info->c_minor) != 2)
+        info->c_major = info->c_minor = 0;
+
+    cl_device_fp_config fcfg = 0;
+    if (clGetDeviceInfo(dev, CL_DEVICE_SINGLE_FP_CONFIG, sizeof fcfg, &fcfg, NULL) != CL_SUCCESS)
+        fcfg = 0;
+    info->has_fma = (fcfg & CL_FP_FMA) != 0 && (fcfg & CL_FP_SOFT_FLOAT) == 0;
+    if (clGetDeviceInfo(dev, CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT, sizeof info->native_vector_width,
+                        &info->native_vector_width, NULL) != CL_SUCCESS)
+        info->native_vector_width = 1;
+
+    /* cl_khr_fp64, or (OpenCL 1.2) a non-zero double config. */
+    cl_device_fp_config dcfg = 0;
+    if (clGetDeviceInfo(dev, CL_DEVICE_DOUBLE_FP_CONFIG, sizeof dcfg, &dcfg, NULL) != CL_SUCCESS)
+        dcfg = 0;
+    size_t ext_size = 0;
+    if (clGetDeviceInfo(dev, CL_DEVICE_EXTENSIONS, 0, NULL, &ext_size) == CL_SUCCESS && ext_size > 0) {
+        char *ext = malloc(ext_size + 1);
+        if (ext && clGetDeviceInfo(dev, CL_DEVICE_EXTENSIONS, ext_size, ext, NULL) == CL_SUCCESS) {
+            ext[ext_size] = '\0';
+            info->has_fp64 = strstr(ext, "cl_khr_fp64") != NULL && dcfg != 0;
+        }
+        free(ext);
+    }
+    if (info->c_major == 0 || (info->c_major == 1 && info->c_minor < 2))
+        return EFL_ERROR_UNSUPPORTED_DEVICE;
+    if (info->max_wg < 16)
+        return EFL_ERROR_UNSUPPORTED_DEVICE;
+    return EFL_OK;
+}
+
+static int env_flag(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0") != 0;
+}
+
+efl_kernel_params efl_device_kernel_params(const efl_device_info *info, uint32_t num_classes)
+{
+    efl_kernel_params kp;
+    const int is_cpu = (info->type & CL_DEVICE_TYPE_CPU) != 0;
+    if (is_cpu) {
+        /* CPU runtimes run a work-group as a loop over work-items and do not vectorise that loop
+         * when the kernel body holds the row loop; so each work-item takes one explicit vector
+         * of columns, as wide as the device's native float vector (16 on AVX-512). */
+        unsigned nw = info->native_vector_width;
+        kp.vw = nw >= 16 ? 16 : nw >= 8 ? 8 : 4;
+        while (kp.vw > num_classes) /* the step needs C >= EFL_VW (its last chunk shifts left) */
+            kp.vw = kp.vw == 4 ? 1 : kp.vw / 2;
+        kp.unroll = 4; /* overlaps rows' dependency chains; 8 spills registers */
+    } else {
+        /* GPUs: one column per work-item, consecutive work-items on consecutive columns. */
+        kp.vw = 1;
+        kp.unroll = 1; /* GPUs hide latency with other warps */
+    }
+    /* Work-items per group along the columns: the width that pads the column chunks least,
+     * among sizes that fill a warp/wavefront on GPUs (32, 64, 128) or amortise the per-group
+     * cost on CPUs (1 to 4 vectors). */
+    static const unsigned cpu_widths[] = {4, 2, 1};
+    static const unsigned gpu_widths[] = {128, 64, 32};
+    const unsigned *w = is_cpu ? cpu_widths : gpu_widths;
+    const int nwidths = 3;
+    const size_t chunks = ((size_t)num_classes + kp.vw - 1) / kp.vw;
+    unsigned best = 0;
+    size_t best_pad = (size_t)-1;
+    for (int i = 0; i < nwidths; ++i) {
+        if (w[i] > info->max_wg)
+            continue;
+        size_t padded = (chunks + w[i] - 1) / w[i] * w[i];
+        if (padded - chunks < best_pad) {
+            best_pad = padded - chunks;
+            best = w[i];
+        }
+    }
+    kp.wgx = best ? best : 16; /* efl_device_query refused devices below 16 */
+    kp.apply_wg = info->max_wg >= 256 ? 256 : 16;
+    kp.fp64 = info->has_fp64 && !env_flag("EFL_FORCE_COMPENSATED");
+    kp.fma = info->has_fma;
+    return kp;
+}
+
+size_t efl_device_padded_columns(const efl_kernel_params *kp, uint32_t num_classes)
+{
+    const size_t per_group = (size_t)kp->wgx * kp->vw;
+    return ((size_t)num_classes + per_group - 1) / per_group * per_group;
+}
+
+unsigned efl_device_rows_per_block(const efl_device_info *info, const efl_kernel_params *kp, size_t n)
+{
+    /* Up to 512 row blocks: with C / (wgx * vw) groups per block that fills any current device,
+     * and the partials stay near 1% of the logits' bytes. At least 32 rows amortise a
+     * work-item's set-up; on CPUs a work-group should also carry some 16k elements, since
+     * each group is scheduled on its own. */
+    const size_t max_blocks = 512;
+    size_t min_rows = 32;
+    if (info->type & CL_DEVICE_TYPE_CPU) {
+        size_t per_group = (size_t)kp->wgx * kp->vw;
+        size_t want = 16384 / per_group;
+        if (want > min_rows)
+            min_rows = want;
+    }
+    size_t rows = (n + max_blocks - 1) / max_blocks;
+    if (rows < min_rows)
+        rows = min_rows;
+    return (unsigned)rows;
+}
+
+int efl_device_build_options(const efl_device_info *info, const efl_kernel_params *kp, char *buf, size_t size)
+{
+    const char *extra = getenv("EFL_BUILD_OPTIONS");
+    int n = snprintf(buf, size, "-cl-std=CL1.2 -DEFL_VW=%u -DEFL_WGX=%u -DEFL_APPLY_WG=%u -DEFL_FP64=%d -DEFL_FMA=%d -DEFL_UNROLL=%u%s%s",
+                     kp->vw, kp->wgx, kp->apply_wg, kp->fp64, kp->fma, kp->unroll, extra ? " " : "", extra ? extra : "");
+    (void)info; /* every supported device compiles OpenCL C 1.2 (efl_device_query) */
+    return n > 0 && (size_t)n < size;
+}

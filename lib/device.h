@@ -1,0 +1,51 @@
+/* Device facts and every device-specific decision (the one place that knows vendors). */
+#ifndef EFL_DEVICE_H
+#define EFL_DEVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "efl/efl.h"
+
+typedef struct {
+    char name[256];
+    char vendor[256];
+    char platform[256];
+    char driver[128];
+    cl_device_type type;
+    unsigned c_major, c_minor; /* OpenCL C version the device compiles (not the platform's) */
+    size_t max_wg;
+    cl_ulong local_mem;
+    cl_ulong max_alloc;
+    cl_uint native_vector_width; /* floats */
+    int has_fp64;
+    int has_fma; /* fma in hardware */
+} efl_device_info;
+
+/* What goes into the program's -D defines: everything the kernels specialise on. */
+typedef struct {
+    unsigned vw;       /* columns per work-item of the step: 1 (GPUs) or an explicit vector */
+    unsigned wgx;      /* work-items per work-group along the columns (step, reduce) */
+    unsigned apply_wg; /* apply kernel's work-group, a power of two */
+    int fp64;          /* accumulate in double */
+    int fma;           /* hardware fma: the exponent's product is compensated */
+    unsigned unroll;   /* unroll factor of the step's row loop */
+} efl_kernel_params;
+
+efl_status efl_device_query(cl_device_id dev, efl_device_info *info, cl_int *err);
+
+/* Kernel parameters for C classes on this device. */
+efl_kernel_params efl_device_kernel_params(const efl_device_info *info, uint32_t num_classes);
+
+/* Rows each work-item of the step loops over, for n rows: enough blocks to fill the device,
+ * few enough that the partials stay small next to the logits. Never 0. */
+unsigned efl_device_rows_per_block(const efl_device_info *info, const efl_kernel_params *kp, size_t n);
+
+/* Columns of the padded layout: C rounded up to whole step work-groups. */
+size_t efl_device_padded_columns(const efl_kernel_params *kp, uint32_t num_classes);
+
+/* Build options: -cl-std from the device's OpenCL C version, the -D defines, and
+ * EFL_BUILD_OPTIONS from the environment. Returns 0 if buf was too small. */
+int efl_device_build_options(const efl_device_info *info, const efl_kernel_params *kp, char *buf, size_t size);
+
+#endif

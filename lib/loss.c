@@ -1,0 +1,168 @@
+/* efl_loss: configuration, kernels and the per-class state on the device. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+void efl_loss_config_init(efl_loss_config *cfg, uint32_t num_classes)
+{
+    if (!cfg)
+        return;
+    cfg->num_classes = num_classes;
+    cfg->gamma = 2.0f;
+    cfg->alpha = 0.25f;
+    cfg->scale_factor = 8.0f;
+    cfg->loss_weight = 1.0f;
+    cfg->ignore_index = -1;
+    cfg->labels = EFL_LABELS_REFERENCE;
+}
+
+/* Largest C: the state and table are small, but C x rows must index safely. */
+#define EFL_MAX_CLASSES (1u << 24)
+
+static efl_status check_config(const efl_loss_config *cfg)
+{
+    if (cfg->num_classes == 0 || cfg->num_classes > EFL_MAX_CLASSES)
+        return EFL_ERROR_INVALID_NUM_CLASSES;
+    if (!isfinite(cfg->gamma) || cfg->gamma <= 0.0f)
+        return EFL_ERROR_INVALID_GAMMA;
+    if (!isfinite(cfg->alpha) || !isfinite(cfg->scale_factor) || cfg->scale_factor < 0.0f ||
+        !isfinite(cfg->loss_weight))
+        return EFL_ERROR_INVALID_PARAMETER;
+    if (cfg->labels != EFL_LABELS_REFERENCE && cfg->labels != EFL_LABELS_ZERO_BASED)
+        return EFL_ERROR_INVALID_LABEL_CONVENTION;
+    /* Both conventions use 0..C as labels; an ignore_index among them would be ambiguous. */
+    if (cfg->ignore_index >= 0 && (uint32_t)cfg->ignore_index <= cfg->num_classes)
+        return EFL_ERROR_INVALID_IGNORE_INDEX;
+    return EFL_OK;
+}
+
+static cl_mem make_buffer(efl_loss *loss, size_t bytes, void *init, cl_int *err)
+{
+    cl_mem_flags flags = CL_MEM_READ_WRITE | (init ? CL_MEM_COPY_HOST_PTR : 0);
+    return clCreateBuffer(loss->ctx->context, flags, bytes, init, err);
+}
+
+/* pos_grad = neg_grad = 0, pos_neg = 1, in the device's accumulator format, and the matching
+ * table: g = 1 gives gamma_j = gamma_b (lo 0), w_j = 1 exactly; the padded columns keep these. */
+static efl_status create_state(efl_loss *loss)
+{
+    const size_t C = loss->cfg.num_classes;
+    void *state = calloc(3 * C, loss->acc_bytes);
+
+    const size_t cpad = loss->cpad;
+    float *table = malloc(3 * cpad * sizeof(float));
+    cl_uint info[2] = {0, 0};
+    if (!state || !table) {
+        free(state);
+        free(table);
+        return EFL_ERROR_OUT_OF_MEMORY;
+    }
+    for (size_t j = 0; j < C; ++j) {
+        if (loss->kp.fp64)
+            ((double *)state)[2 * C + j] = 1.0;
+        else
+            ((float *)state)[2 * (2 * C + j)] = 1.0f; /* (hi, lo) = (1, 0) */
+    }
+    for (size_t j = 0; j < cpad; ++j) {
+        table[j] = loss->cfg.gamma;
+        table[cpad + j] = 0.0f;
+        table[2 * cpad + j] = 1.0f;
+    }
+    cl_int e[7];
+    loss->state = make_buffer(loss, 3 * C * loss->acc_bytes, state, &e[0]);
+    loss->table = make_buffer(loss, 3 * cpad * sizeof(float), table, &e[1]);
+    loss->info = make_buffer(loss, sizeof info, info, &e[2]);
+    loss->step_stats = make_buffer(loss, 3 * (size_t)loss->cpad * loss->acc_bytes, NULL, &e[3]);
+    loss->step_flags = make_buffer(loss, sizeof(cl_uint), info, &e[4]);
+    free(state);
+    free(table);
+    for (int i = 0; i < 5; ++i)
+        if (e[i] != CL_SUCCESS)
+            return efl_cl_fail(loss->ctx, e[i]);
+    return EFL_OK;
+}
+
+static efl_status create_kernels(efl_loss *loss)
+{
+    cl_program prog = NULL;
+    efl_status st = efl_program_get(loss->ctx, &loss->kp, &prog);
+    if (st != EFL_OK)
+        return st;
+    cl_int e[3];
+    loss->k_step = clCreateKernel(prog, "efl_step", &e[0]);
+    loss->k_reduce = clCreateKernel(prog, "efl_reduce", &e[1]);
+    loss->k_apply = clCreateKernel(prog, "efl_apply", &e[2]);
+    clReleaseProgram(prog); /* kernels keep it alive */
+    for (int i = 0; i < 3; ++i)
+        if (e[i] != CL_SUCCESS)
+            return efl_cl_fail(loss->ctx, e[i]);
+    return EFL_OK;
+}
+
+efl_status efl_loss_create(efl_context *ctx, const efl_loss_config *cfg, efl_loss **out)
+{
+    if (!out)
+        return EFL_ERROR_NULL_HANDLE;
+    *out = NULL;
+    if (!ctx || !cfg)
+        return EFL_ERROR_NULL_HANDLE;
+    efl_status st = check_config(cfg);
+    if (st != EFL_OK)
+        return st;
+    efl_loss *loss = calloc(1, sizeof *loss);
+    if (!loss)
+        return EFL_ERROR_OUT_OF_MEMORY;
+    loss->ctx = ctx;
+    loss->cfg = *cfg;
+    loss->kp = efl_device_kernel_params(&ctx->info, cfg->num_classes);
+    loss->cpad = (cl_uint)efl_device_padded_columns(&loss->kp, cfg->num_classes);
+    loss->acc_bytes = 8; /* sizeof(double) == sizeof(float2) */
+    st = create_kernels(loss);
+    if (st == EFL_OK)
+        st = create_state(loss);
+    if (st != EFL_OK) {
+        efl_loss_destroy(loss);
+        return st;
+    }
+    *out = loss;
+    return EFL_OK;
+}
+
+static void release_mem(cl_mem *m)
+{
+    if (*m)
+        clReleaseMemObject(*m);
+    *m = NULL;
+}
+
+void efl_loss_destroy(efl_loss *loss)
+{
+    if (!loss)
+        return;
+    if (loss->host_queue) {
+        clFinish(loss->host_queue);
+        clReleaseCommandQueue(loss->host_queue);
+    }
+    cl_mem *mems[] = {&loss->state,    &loss->table,       &loss->info,   &loss->step_stats,
+                      &loss->step_flags, &loss->partials,  &loss->block_flags, &loss->host_x,
+                      &loss->host_y,   &loss->host_g,      &loss->host_loss};
+    for (size_t i = 0; i < sizeof mems / sizeof *mems; ++i)
+        release_mem(mems[i]);
+    if (loss->k_step)
+        clReleaseKernel(loss->k_step);
+    if (loss->k_reduce)
+        clReleaseKernel(loss->k_reduce);
+    if (loss->k_apply)
+        clReleaseKernel(loss->k_apply);
+    free(loss);
+}
+
+efl_status efl_loss_get_config(const efl_loss *loss, efl_loss_config *cfg)
+{
+    if (!loss || !cfg)
+        return EFL_ERROR_NULL_HANDLE;
+    *cfg = loss->cfg;
+    return EFL_OK;
+}

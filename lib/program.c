@@ -1,0 +1,106 @@
+/* Embedded kernel sources, build options, compilation, and the per-context program cache. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* kernels_embedded.c, generated at build time from kernels/ */
+extern const char efl_src_common[], efl_src_step[], efl_src_reduce[], efl_src_apply[];
+extern const size_t efl_src_common_len, efl_src_step_len, efl_src_reduce_len, efl_src_apply_len;
+
+/* One program holds the three kernels, each .cl behind the common header: one compile per
+ * (context, device, options) instead of three. */
+static cl_program create_program(efl_context *ctx, cl_int *err)
+{
+    const char *parts[] = {efl_src_common, efl_src_step, efl_src_reduce, efl_src_apply};
+    const size_t lens[] = {efl_src_common_len, efl_src_step_len, efl_src_reduce_len, efl_src_apply_len};
+    return clCreateProgramWithSource(ctx->context, 4, parts, lens, err);
+}
+
+static void log_build(efl_context *ctx, cl_program prog, const char *options)
+{
+    size_t size = 0;
+    if (clGetProgramBuildInfo(prog, ctx->device, CL_PROGRAM_BUILD_LOG, 0, NULL, &size) != CL_SUCCESS || size == 0)
+        return;
+    char *text = malloc(size + 1);
+    if (!text)
+        return;
+    if (clGetProgramBuildInfo(prog, ctx->device, CL_PROGRAM_BUILD_LOG, size, text, NULL) == CL_SUCCESS) {
+        text[size] = '\0';
+        efl_log_locked(ctx, "build log (%s):\n%s", options, text);
+    }
+    free(text);
+}
+
+/* Called with ctx->lock held: a second thread asking for the same program waits for this
+ * compile instead of starting its own. */
+static efl_status build(efl_context *ctx, const char *options, cl_program *out)
+{
+    cl_int err = CL_SUCCESS;
+    cl_program prog = create_program(ctx, &err);
+    if (err != CL_SUCCESS)
+        return efl_cl_fail(ctx, err);
+    err = clBuildProgram(prog, 1, &ctx->device, options, NULL, NULL);
+    if (err != CL_SUCCESS) {
+        log_build(ctx, prog, options);
+        clReleaseProgram(prog);
+        atomic_store(&ctx->last_cl_error, err);
+        return err == CL_OUT_OF_HOST_MEMORY || err == CL_OUT_OF_RESOURCES ? EFL_ERROR_OUT_OF_MEMORY
+                                                                          : EFL_ERROR_BUILD_FAILED;
+    }
+    *out = prog;
+    return EFL_OK;
+}
+
+efl_status efl_program_get(efl_context *ctx, const efl_kernel_params *kp, cl_program *out)
+{
+    char options[1024];
+    if (!efl_device_build_options(&ctx->info, kp, options, sizeof options))
+        return EFL_ERROR_INVALID_PARAMETER; /* EFL_BUILD_OPTIONS longer than we accept */
+
+    efl_status st = EFL_OK;
+    efl_mutex_lock(&ctx->lock);
+    for (size_t i = 0; i < ctx->nprograms; ++i) {
+        if (strcmp(ctx->programs[i].options, options) == 0) {
+            *out = ctx->programs[i].program;
+            clRetainProgram(*out);
+            efl_mutex_unlock(&ctx->lock);
+            return EFL_OK;
+        }
+    }
+    efl_program_entry *grown = realloc(ctx->programs, (ctx->nprograms + 1) * sizeof *grown);
+    char *key = grown ? malloc(strlen(options) + 1) : NULL;
+    if (!grown || !key) {
+        if (grown)
+            ctx->programs = grown;
+        efl_mutex_unlock(&ctx->lock);
+        return EFL_ERROR_OUT_OF_MEMORY;
+    }
+    ctx->programs = grown;
+    strcpy(key, options);
+    cl_program prog = NULL;
+    st = build(ctx, options, &prog);
+    if (st == EFL_OK) {
+        ctx->programs[ctx->nprograms].options = key;
+        ctx->programs[ctx->nprograms].program = prog;
+        ctx->nprograms++;
+        efl_log_locked(ctx, "built program: %s", options);
+        clRetainProgram(prog);
+        *out = prog;
+    } else {
+        free(key);
+    }
+    efl_mutex_unlock(&ctx->lock);
+    return st;
+}
+
+void efl_program_cache_release(efl_context *ctx)
+{
+    for (size_t i = 0; i < ctx->nprograms; ++i) {
+        clReleaseProgram(ctx->programs[i].program);
+        free(ctx->programs[i].options);
+    }
+    free(ctx->programs);
+    ctx->programs = NULL;
+    ctx->nprograms = 0;
+}

@@ -1,0 +1,146 @@
+"""Low-level ctypes access to libefl: locating, loading and declaring the C API.
+
+Nothing in here is public; use the names exported by the ``efl`` package.
+"""
+
+import ctypes
+import ctypes.util
+import os
+
+__all__ = ["load", "library_path", "Status", "Config", "REDUCTIONS", "LABEL_CONVENTIONS"]
+
+
+class Status:
+    """efl_status values (include/efl/efl.h); the numbers are stable."""
+
+    OK = 0
+    ERROR_NULL_HANDLE = 1
+    ERROR_NULL_BUFFER = 2
+    ERROR_INVALID_NUM_CLASSES = 3
+    ERROR_INVALID_GAMMA = 4
+    ERROR_INVALID_PARAMETER = 5
+    ERROR_INVALID_NORMALIZER = 6
+    ERROR_INVALID_REDUCTION = 7
+    ERROR_INVALID_IGNORE_INDEX = 8
+    ERROR_INVALID_LABEL_CONVENTION = 9
+    ERROR_BUFFER_TOO_SMALL = 10
+    ERROR_BUFFER_CONTEXT = 11
+    ERROR_QUEUE_MISMATCH = 12
+    ERROR_INVALID_WAIT_LIST = 13
+    ERROR_TOO_MANY_ROWS = 14
+    ERROR_INVALID_LABEL = 15
+    ERROR_INVALID_STATE = 16
+    ERROR_NO_DEVICE = 17
+    ERROR_DEVICE_NOT_FOUND = 18
+    ERROR_UNSUPPORTED_DEVICE = 19
+    ERROR_BUILD_FAILED = 20
+    ERROR_OUT_OF_MEMORY = 21
+    ERROR_OPENCL = 22
+
+
+# efl_reduction and efl_label_convention
+REDUCTIONS = {"mean": 0, "sum": 1}
+LABEL_CONVENTIONS = {"reference": 0, "zero_based": 1}
+
+
+class Config(ctypes.Structure):
+    """efl_loss_config."""
+
+    _fields_ = [
+        ("num_classes", ctypes.c_uint32),
+        ("gamma", ctypes.c_float),
+        ("alpha", ctypes.c_float),
+        ("scale_factor", ctypes.c_float),
+        ("loss_weight", ctypes.c_float),
+        ("ignore_index", ctypes.c_int32),
+        ("labels", ctypes.c_int),  # an enum: int-sized on every ABI we target
+    ]
+
+
+_c_float_p = ctypes.POINTER(ctypes.c_float)
+_c_double_p = ctypes.POINTER(ctypes.c_double)
+_c_int32_p = ctypes.POINTER(ctypes.c_int32)
+_handle = ctypes.c_void_p
+_handle_p = ctypes.POINTER(ctypes.c_void_p)
+_status = ctypes.c_int
+
+# name: (restype, argtypes)
+_PROTOTYPES = {
+    "efl_version_number": (ctypes.c_uint, []),
+    "efl_version_string": (ctypes.c_char_p, []),
+    "efl_status_string": (ctypes.c_char_p, [ctypes.c_int]),
+    "efl_context_create_default": (_status, [_handle_p]),
+    "efl_context_destroy": (None, [_handle]),
+    "efl_context_last_cl_error": (ctypes.c_int32, [_handle]),
+    "efl_context_log": (ctypes.c_size_t, [_handle, ctypes.c_char_p, ctypes.c_size_t]),
+    "efl_context_warmup": (_status, [_handle]),
+    "efl_loss_config_init": (None, [ctypes.POINTER(Config), ctypes.c_uint32]),
+    "efl_loss_create": (_status, [_handle, ctypes.POINTER(Config), _handle_p]),
+    "efl_loss_destroy": (None, [_handle]),
+    "efl_loss_get_config": (_status, [_handle, ctypes.POINTER(Config)]),
+    "efl_loss_step_host": (
+        _status,
+        [_handle, _c_float_p, _c_int32_p, ctypes.c_size_t, ctypes.c_float, ctypes.c_int, _c_float_p, _c_float_p],
+    ),
+    "efl_loss_forward_host": (
+        _status,
+        [_handle, _c_float_p, _c_int32_p, ctypes.c_size_t, ctypes.c_float, ctypes.c_int, _c_float_p],
+    ),
+    "efl_loss_read_state_host": (_status, [_handle, _c_double_p, _c_double_p, _c_double_p]),
+    "efl_loss_write_state_host": (_status, [_handle, _c_double_p, _c_double_p, _c_double_p]),
+    "efl_loss_reset_state_host": (_status, [_handle]),
+}
+
+
+def _candidates():
+    env = os.environ.get("EFL_LIBRARY")
+    if env:
+        # An explicit path is authoritative: do not silently fall back to another build.
+        return [env], True
+    here = os.path.dirname(os.path.abspath(__file__))
+    repo = os.path.dirname(os.path.dirname(here))  # <repo>/python/efl -> <repo>
+    out = [os.path.join(repo, "build", "libefl.so")]
+    found = ctypes.util.find_library("efl")
+    if found:
+        out.append(found)
+    return out, False
+
+
+_lib = None
+_lib_path = None
+
+
+def load():
+    """Load libefl once and declare its prototypes. Raises OSError when it cannot be found."""
+    global _lib, _lib_path
+    if _lib is not None:
+        return _lib
+    paths, explicit = _candidates()
+    errors = []
+    for path in paths:
+        if not explicit and os.sep in path and not os.path.exists(path):
+            errors.append("%s: not found" % path)
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as exc:
+            errors.append("%s: %s" % (path, exc))
+            if explicit:
+                break
+            continue
+        for name, (restype, argtypes) in _PROTOTYPES.items():
+            fn = getattr(lib, name)
+            fn.restype = restype
+            fn.argtypes = argtypes
+        _lib, _lib_path = lib, path
+        return lib
+    raise OSError(
+        "libefl not found (set EFL_LIBRARY to the path of libefl.so, or build it into <repo>/build): "
+        + "; ".join(errors or ["ctypes.util.find_library('efl') found nothing"])
+    )
+
+
+def library_path():
+    """The path libefl was loaded from (loading it if needed)."""
+    load()
+    return _lib_path

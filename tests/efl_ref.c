@@ -1,0 +1,178 @@
+/* float64 reference for EFL; see efl_ref.h. Formulas are SPEC.md's, evaluated in forms that
+ * stay finite for any finite logit (|x| up to 1e4 and beyond). */
+#include "efl_ref.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* log(sigmoid(z)) without overflow or cancellation: -log(1 + e^-z) = -log1p(e^-|z|) - max(-z, 0). */
+static double log_sigmoid(double z) { return -log1p(exp(-fabs(z))) - fmax(-z, 0.0); }
+
+/* sigmoid(z), never computing exp of a large positive argument. */
+static double sigmoid(double z)
+{
+    if (z >= 0.0)
+        return 1.0 / (1.0 + exp(-z));
+    double e = exp(z);
+    return e / (1.0 + e);
+}
+
+int efl_ref_label_column(const efl_ref_params *p, int32_t label, int32_t *column)
+{
+    int64_t C = p->num_classes;
+    /* ignore_index may never collide with a valid label (the library rejects such configs),
+     * so checking it first is unambiguous. */
+    if (label == p->ignore_index)
+        return 0;
+    if (!p->zero_based) {
+        if (label == 0) {
+            *column = -1;
+            return 1;
+        }
+        if (label >= 1 && (int64_t)label <= C) {
+            *column = label - 1;
+            return 1;
+        }
+        return -1;
+    }
+    if (label >= 0 && (int64_t)label < C) {
+        *column = label;
+        return 1;
+    }
+    if ((int64_t)label == C) {
+        *column = -1;
+        return 1;
+    }
+    return -1;
+}
+
+void efl_ref_element(double x, int t, double gamma_j, double w_j, double alpha, double *l, double *dl)
+{
+    /* p_t = sigmoid(z) with z = x for a positive, -x for a negative; q = 1 - p_t = sigmoid(-z)
+     * evaluated directly (never as 1 - p_t, which cancels). */
+    double z = t ? x : -x;
+    double log_pt = log_sigmoid(z);
+    double log_q = log_sigmoid(-z);
+    double pt = sigmoid(z);
+    double q = sigmoid(-z);
+    double q_gamma = exp(gamma_j * log_q); /* q^gamma_j; exactly 0 once it underflows */
+    double alpha_t = alpha < 0.0 ? 1.0 : (t ? alpha : 1.0 - alpha);
+    *l = -alpha_t * w_j * q_gamma * log_pt;
+    /* SPEC "Backward": - alpha_t w_j (2t - 1) q^gamma_j (q - gamma_j p_t log p_t). Both terms in
+     * the bracket are >= 0, so no cancellation. */
+    *dl = -alpha_t * w_j * (t ? 1.0 : -1.0) * q_gamma * (q - gamma_j * pt * log_pt);
+}
+
+size_t efl_ref_forward_backward(const efl_ref_params *p, const double *g, const float *x, const int32_t *y,
+                                size_t n, double normalizer, efl_ref_reduction reduction, double *grad,
+                                double *P, double *Nsum, efl_ref_result *res)
+{
+    const size_t C = p->num_classes;
+    const double scale = reduction == EFL_REF_MEAN ? p->loss_weight / normalizer : p->loss_weight;
+    efl_ref_result r = {0};
+    if (P)
+        memset(P, 0, C * sizeof *P);
+    if (Nsum)
+        memset(Nsum, 0, C * sizeof *Nsum);
+
+    double total = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+        int32_t col = -1;
+        int kind = efl_ref_label_column(p, y[i], &col);
+        double *grow = grad ? grad + i * C : NULL;
+        if (kind != 1) {
+            if (kind < 0) {
+                if (r.invalid_rows == 0)
+                    r.first_invalid = i;
+                r.invalid_rows++;
+            }
+            if (grow)
+                memset(grow, 0, C * sizeof *grow);
+            continue;
+        }
+        r.valid_rows++;
+        if (col >= 0)
+            r.positives++;
+        for (size_t j = 0; j < C; ++j) {
+            int t = (int32_t)j == col;
+            double gamma_j = p->gamma + p->scale * (1.0 - g[j]);
+            double w_j = gamma_j / p->gamma;
+            double l, dl;
+            efl_ref_element((double)x[i * C + j], t, gamma_j, w_j, p->alpha, &l, &dl);
+            total += l;
+            double G = dl * scale;
+            if (grow)
+                grow[j] = G;
+            if (t) {
+                if (P)
+                    P[j] += fabs(G);
+            } else if (Nsum) {
+                Nsum[j] += fabs(G);
+            }
+        }
+    }
+    r.loss = total * scale;
+    if (res)
+        *res = r;
+    return r.invalid_rows;
+}
+
+void efl_ref_update(efl_ref_state *st, const double *P, const double *Nsum)
+{
+    for (uint32_t j = 0; j < st->num_classes; ++j) {
+        st->pos[j] += P[j];
+        st->neg[j] += Nsum[j];
+        double r = st->pos[j] / (st->neg[j] + 1e-10);
+        st->g[j] = r < 0.0 ? 0.0 : (r > 1.0 ? 1.0 : r);
+    }
+}
+
+size_t efl_ref_step(const efl_ref_params *p, efl_ref_state *st, const float *x, const int32_t *y, size_t n,
+                    double normalizer, efl_ref_reduction reduction, double *grad, efl_ref_result *res)
+{
+    const size_t C = p->num_classes;
+    double *P = malloc(C * sizeof *P);
+    double *Ns = malloc(C * sizeof *Ns);
+    if (!P || !Ns)
+        abort();
+    size_t bad = efl_ref_forward_backward(p, st->g, x, y, n, normalizer, reduction, grad, P, Ns, res);
+    /* n == 0 is "no step" (efl.h); otherwise the update is unconditional, as in the reference
+     * implementation's hook, even when every row is ignored. */
+    if (bad == 0 && n > 0)
+        efl_ref_update(st, P, Ns);
+    free(P);
+    free(Ns);
+    return bad;
+}
+
+int efl_ref_state_init(efl_ref_state *st, uint32_t num_classes)
+{
+    st->num_classes = num_classes;
+    st->pos = calloc(num_classes ? num_classes : 1, sizeof(double));
+    st->neg = calloc(num_classes ? num_classes : 1, sizeof(double));
+    st->g = malloc((num_classes ? num_classes : 1) * sizeof(double));
+    if (!st->pos || !st->neg || !st->g) {
+        efl_ref_state_free(st);
+        return 0;
+    }
+    for (uint32_t j = 0; j < num_classes; ++j)
+        st->g[j] = 1.0;
+    return 1;
+}
+
+void efl_ref_state_free(efl_ref_state *st)
+{
+    free(st->pos);
+    free(st->neg);
+    free(st->g);
+    st->pos = st->neg = st->g = NULL;
+}
+
+void efl_ref_state_copy(efl_ref_state *dst, const efl_ref_state *src)
+{
+    size_t b = src->num_classes * sizeof(double);
+    memcpy(dst->pos, src->pos, b);
+    memcpy(dst->neg, src->neg, b);
+    memcpy(dst->g, src->g, b);
+}

@@ -1,0 +1,411 @@
+#include "test_util.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------ checks */
+static const char *g_case = "(no case)";
+static int g_case_failures;
+static int g_total_failures;
+
+void tu_begin(const char *name)
+{
+    g_case = name;
+    g_case_failures = 0;
+}
+
+void tu_end(void)
+{
+    printf("%s %s\n", g_case_failures ? "FAIL" : "PASS", g_case);
+    fflush(stdout);
+    g_case = "(no case)";
+    g_case_failures = 0;
+}
+
+int tu_exit_code(void)
+{
+    printf("%s: %d check(s) failed\n", g_total_failures ? "FAILED" : "OK", g_total_failures);
+    return g_total_failures ? 1 : 0;
+}
+
+void tu_failf(const char *file, int line, const char *fmt, ...)
+{
+    va_list ap;
+    printf("  [%s] %s:%d: ", g_case, file, line);
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+    fflush(stdout);
+    g_case_failures++;
+    g_total_failures++;
+}
+
+int tu_check(int ok, const char *file, int line, const char *expr)
+{
+    if (!ok)
+        tu_failf(file, line, "CHECK(%s) failed", expr);
+    return ok;
+}
+
+int tu_check_status(efl_status got, efl_status want, const char *file, int line, const char *expr)
+{
+    if (got == want)
+        return 1;
+    tu_failf(file, line, "%s returned %d (%s), expected %d (%s)", expr, (int)got, efl_status_string(got),
+             (int)want, efl_status_string(want));
+    return 0;
+}
+
+void tu_skip(const char *why)
+{
+    printf("SKIP: %s\n", why);
+    fflush(stdout);
+    exit(TU_SKIP_CODE);
+}
+
+void tu_fatal(const char *file, int line, const char *what)
+{
+    printf("FATAL [%s] %s:%d: %s\n", g_case, file, line, what);
+    fflush(stdout);
+    exit(1);
+}
+
+/* ------------------------------------------------------- environment */
+void tu_env_init(tu_env *e)
+{
+    memset(e, 0, sizeof *e);
+    efl_status st = efl_context_create_default(&e->ctx);
+    if (st == EFL_ERROR_NO_DEVICE)
+        tu_skip("no OpenCL device");
+    if (st != EFL_OK) {
+        printf("efl_context_create_default: %s (EFL_DEVICE=%s)\n", efl_status_string(st),
+               getenv("EFL_DEVICE") ? getenv("EFL_DEVICE") : "(unset)");
+        exit(1);
+    }
+    e->cl = efl_context_cl_context(e->ctx);
+    e->dev = efl_context_cl_device(e->ctx);
+    if (!e->cl || !e->dev)
+        tu_fatal(__FILE__, __LINE__, "efl_context_cl_context/device returned NULL");
+    cl_int err = CL_SUCCESS;
+    e->queue = clCreateCommandQueue(e->cl, e->dev, 0, &err);
+    if (err != CL_SUCCESS)
+        tu_fatal(__FILE__, __LINE__, "clCreateCommandQueue");
+    REQUIRE_CL(clGetDeviceInfo(e->dev, CL_DEVICE_NAME, sizeof e->device_name - 1, e->device_name, NULL));
+    cl_device_fp_config fp64 = 0;
+    if (clGetDeviceInfo(e->dev, CL_DEVICE_DOUBLE_FP_CONFIG, sizeof fp64, &fp64, NULL) == CL_SUCCESS)
+        e->has_fp64 = fp64 != 0;
+    printf("device: %s (fp64: %s)\n", e->device_name, e->has_fp64 ? "yes" : "no");
+}
+
+void tu_env_free(tu_env *e)
+{
+    if (e->queue)
+        clReleaseCommandQueue(e->queue);
+    efl_context_destroy(e->ctx);
+    memset(e, 0, sizeof *e);
+}
+
+cl_mem tu_buf(tu_env *e, size_t bytes, const void *init)
+{
+    size_t sz = bytes < 4 ? 4 : bytes;
+    cl_int err = CL_SUCCESS;
+    cl_mem b = clCreateBuffer(e->cl, CL_MEM_READ_WRITE, sz, NULL, &err);
+    if (err != CL_SUCCESS || !b)
+        tu_fatal(__FILE__, __LINE__, "clCreateBuffer");
+    tu_fill(e, b, sz, TU_SENTINEL);
+    if (init && bytes)
+        tu_write(e, b, bytes, init);
+    return b;
+}
+
+void tu_write(tu_env *e, cl_mem b, size_t bytes, const void *src)
+{
+    if (bytes)
+        REQUIRE_CL(clEnqueueWriteBuffer(e->queue, b, CL_TRUE, 0, bytes, src, 0, NULL, NULL));
+}
+
+void tu_read(tu_env *e, cl_mem b, size_t bytes, void *dst)
+{
+    if (bytes)
+        REQUIRE_CL(clEnqueueReadBuffer(e->queue, b, CL_TRUE, 0, bytes, dst, 0, NULL, NULL));
+}
+
+void tu_fill(tu_env *e, cl_mem b, size_t bytes, unsigned char byte)
+{
+    /* A host write rather than clEnqueueFillBuffer: simplest thing that works everywhere. */
+    unsigned char *tmp = malloc(bytes ? bytes : 1);
+    if (!tmp)
+        tu_fatal(__FILE__, __LINE__, "malloc");
+    memset(tmp, byte, bytes);
+    tu_write(e, b, bytes, tmp);
+    free(tmp);
+}
+
+void tu_release(cl_mem b)
+{
+    if (b)
+        clReleaseMemObject(b);
+}
+
+efl_loss *tu_loss(tu_env *e, const efl_loss_config *cfg)
+{
+    efl_loss *loss = NULL;
+    efl_status st = efl_loss_create(e->ctx, cfg, &loss);
+    if (st != EFL_OK || !loss) {
+        size_t len = efl_context_log(e->ctx, NULL, 0);
+        char *log = malloc(len + 1);
+        if (log) {
+            efl_context_log(e->ctx, log, len + 1);
+            printf("context log:\n%s\n", log);
+            free(log);
+        }
+        tu_failf(__FILE__, __LINE__, "efl_loss_create -> %s", efl_status_string(st));
+        tu_fatal(__FILE__, __LINE__, "efl_loss_create");
+    }
+    return loss;
+}
+
+efl_ref_params tu_ref_params(const efl_loss_config *cfg)
+{
+    efl_ref_params p;
+    p.num_classes = cfg->num_classes;
+    p.gamma = cfg->gamma;
+    p.alpha = cfg->alpha;
+    p.scale = cfg->scale_factor;
+    p.loss_weight = cfg->loss_weight;
+    p.ignore_index = cfg->ignore_index;
+    p.zero_based = cfg->labels == EFL_LABELS_ZERO_BASED;
+    return p;
+}
+
+void tu_read_state(tu_env *e, efl_loss *loss, efl_ref_state *out)
+{
+    (void)e;
+    /* Poison first so that a read that writes nothing cannot look like a match. */
+    for (uint32_t j = 0; j < out->num_classes; ++j)
+        out->pos[j] = out->neg[j] = out->g[j] = NAN;
+    REQUIRE_OK(efl_loss_read_state(loss, e->queue, out->pos, out->neg, out->g));
+}
+
+void tu_write_state(tu_env *e, efl_loss *loss, const efl_ref_state *in)
+{
+    REQUIRE_OK(efl_loss_write_state(loss, e->queue, in->pos, in->neg, in->g));
+}
+
+void tu_write_state_canonical(tu_env *e, efl_loss *loss, efl_ref_state *in)
+{
+    efl_ref_state back;
+    if (!efl_ref_state_init(&back, in->num_classes))
+        tu_fatal(__FILE__, __LINE__, "malloc");
+    tu_write_state(e, loss, in);
+    tu_read_state(e, loss, &back);
+    if (e->has_fp64 && !tu_state_equal_bits(&back, in))
+        tu_failf(__FILE__, __LINE__, "write_state/read_state is not exact on an fp64 device");
+    tu_cmp_f64("state round trip pos_grad", back.pos, in->pos, in->num_classes, 1e-14, 0.0);
+    tu_cmp_f64("state round trip neg_grad", back.neg, in->neg, in->num_classes, 1e-14, 0.0);
+    tu_cmp_f64("state round trip pos_neg", back.g, in->g, in->num_classes, 1e-14, 0.0);
+    efl_ref_state_copy(in, &back);
+    efl_ref_state_free(&back);
+}
+
+int tu_state_equal_bits(const efl_ref_state *a, const efl_ref_state *b)
+{
+    size_t bytes = a->num_classes * sizeof(double);
+    return a->num_classes == b->num_classes && memcmp(a->pos, b->pos, bytes) == 0 &&
+           memcmp(a->neg, b->neg, bytes) == 0 && memcmp(a->g, b->g, bytes) == 0;
+}
+
+/* ---------------------------------------------------------------- RNG */
+uint64_t tu_next(tu_rng *r)
+{
+    uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+double tu_uniform(tu_rng *r) { return (double)(tu_next(r) >> 11) * 0x1.0p-53; }
+
+double tu_normal(tu_rng *r)
+{
+    double u1 = tu_uniform(r), u2 = tu_uniform(r);
+    return sqrt(-2.0 * log(1.0 - u1)) * cos(6.283185307179586 * u2);
+}
+
+uint32_t tu_below(tu_rng *r, uint32_t n) { return n ? (uint32_t)(tu_uniform(r) * n) : 0; }
+
+void tu_make_logits(tu_rng *r, float *x, size_t count)
+{
+    for (size_t k = 0; k < count; ++k) {
+        double v = -4.0 + 2.5 * tu_normal(r);
+        if (tu_uniform(r) < 0.002)
+            v = (tu_uniform(r) < 0.5 ? -1.0 : 1.0) * (15.0 + 45.0 * tu_uniform(r));
+        x[k] = (float)v;
+    }
+}
+
+tu_label_opts tu_default_label_opts(void)
+{
+    tu_label_opts o = {0.06, 0.02, 1.1, 0, -1};
+    return o;
+}
+
+int32_t tu_background_label(uint32_t C, int zero_based) { return zero_based ? (int32_t)C : 0; }
+int32_t tu_class_label(uint32_t column, int zero_based) { return zero_based ? (int32_t)column : (int32_t)column + 1; }
+
+size_t tu_make_labels(tu_rng *r, int32_t *y, size_t n, uint32_t C, const tu_label_opts *o)
+{
+    /* Zipf CDF over columns: column 0 is the head class, the last ones are the tail. */
+    double *cdf = malloc((C ? C : 1) * sizeof *cdf);
+    if (!cdf)
+        tu_fatal(__FILE__, __LINE__, "malloc");
+    double acc = 0.0;
+    for (uint32_t j = 0; j < C; ++j) {
+        acc += 1.0 / pow((double)j + 1.0, o->zipf_s);
+        cdf[j] = acc;
+    }
+    size_t positives = 0;
+    for (size_t i = 0; i < n; ++i) {
+        double u = tu_uniform(r);
+        if (u < o->ignore_fraction) {
+            y[i] = o->ignore_index;
+        } else if (u < o->ignore_fraction + o->fg_fraction && C > 0) {
+            double v = tu_uniform(r) * acc;
+            uint32_t lo = 0, hi = C - 1;
+            while (lo < hi) { /* first column with cdf > v */
+                uint32_t mid = lo + (hi - lo) / 2;
+                if (cdf[mid] > v)
+                    hi = mid;
+                else
+                    lo = mid + 1;
+            }
+            y[i] = tu_class_label(lo, o->zero_based);
+            positives++;
+        } else {
+            y[i] = tu_background_label(C, o->zero_based);
+        }
+    }
+    free(cdf);
+    return positives;
+}
+
+/* ------------------------------------------------------- comparisons */
+static int cmp_report(const char *what, size_t n, size_t bad, size_t worst, double got, double ref,
+                      double tol, int nonfinite)
+{
+    if (!bad)
+        return 1;
+    tu_failf(__FILE__, __LINE__,
+             "%s: %zu of %zu element(s) out of tolerance%s; worst [%zu]: got %.9g ref %.9g |diff| %.3g tol %.3g",
+             what, bad, n, nonfinite ? " (some non-finite)" : "", worst, got, ref, fabs(got - ref), tol);
+    return 0;
+}
+
+int tu_cmp_f64(const char *what, const double *got, const double *ref, size_t n, double rtol, double atol)
+{
+    size_t bad = 0, worst = 0;
+    double worst_excess = -1.0, wtol = 0.0;
+    int nonfinite = 0;
+    for (size_t k = 0; k < n; ++k) {
+        double tol = rtol * fabs(ref[k]) + atol;
+        double d = fabs(got[k] - ref[k]);
+        int fin = isfinite(got[k]);
+        if (!fin || !(d <= tol)) {
+            double excess = fin ? d / (tol > 0 ? tol : 1e-300) : INFINITY;
+            nonfinite |= !fin;
+            if (excess > worst_excess || bad == 0) {
+                worst_excess = excess;
+                worst = k;
+                wtol = tol;
+            }
+            bad++;
+        }
+    }
+    return cmp_report(what, n, bad, worst, bad ? got[worst] : 0, bad ? ref[worst] : 0, wtol, nonfinite);
+}
+
+int tu_cmp_f32(const char *what, const float *got, const double *ref, size_t n, double rtol, double atol)
+{
+    double *g = malloc((n ? n : 1) * sizeof *g);
+    if (!g)
+        tu_fatal(__FILE__, __LINE__, "malloc");
+    for (size_t k = 0; k < n; ++k)
+        g[k] = got[k];
+    int ok = tu_cmp_f64(what, g, ref, n, rtol, atol);
+    free(g);
+    return ok;
+}
+
+double tu_max_abs(const double *v, size_t n)
+{
+    double m = 0.0;
+    for (size_t k = 0; k < n; ++k)
+        m = fmax(m, fabs(v[k]));
+    return m;
+}
+
+size_t tu_count_nonzero(const double *v, size_t n)
+{
+    size_t c = 0;
+    for (size_t k = 0; k < n; ++k)
+        c += v[k] != 0.0;
+    return c;
+}
+
+int tu_all_finite_f32(const float *v, size_t n)
+{
+    for (size_t k = 0; k < n; ++k)
+        if (!isfinite(v[k]))
+            return 0;
+    return 1;
+}
+
+/* ------------------------------------------------------ step compare */
+int tu_step_compare(tu_env *e, efl_loss *loss, const efl_ref_params *rp, efl_ref_state *rs, const float *x,
+                    const int32_t *y, size_t n, float normalizer, efl_reduction red, float *dev_grad)
+{
+    const size_t C = rp->num_classes, nc = n * C;
+    int ok = 1;
+    cl_mem bx = tu_buf(e, nc * sizeof(float), x);
+    cl_mem by = tu_buf(e, n * sizeof(int32_t), y);
+    cl_mem bl = tu_buf(e, sizeof(float), NULL);
+    cl_mem bg = tu_buf(e, nc * sizeof(float), NULL);
+    float *grad = malloc((nc ? nc : 1) * sizeof *grad);
+    double *rgrad = malloc((nc ? nc : 1) * sizeof *rgrad);
+    efl_ref_state ds;
+    if (!grad || !rgrad || !efl_ref_state_init(&ds, (uint32_t)C))
+        tu_fatal(__FILE__, __LINE__, "malloc");
+
+    ok &= CHECK_STATUS(efl_enqueue_step(loss, e->queue, bx, by, n, normalizer, red, bl, bg, 0, NULL, NULL), EFL_OK);
+    ok &= CHECK_STATUS(efl_loss_query_status(loss, e->queue), EFL_OK);
+    float dloss;
+    tu_read(e, bl, sizeof dloss, &dloss);
+    tu_read(e, bg, nc * sizeof(float), grad);
+    tu_read_state(e, loss, &ds);
+
+    efl_ref_result res;
+    size_t bad = efl_ref_step(rp, rs, x, y, n, normalizer, (efl_ref_reduction)red, rgrad, &res);
+    if (bad)
+        tu_fatal(__FILE__, __LINE__, "test generated an invalid label");
+
+    ok &= tu_cmp_f32("loss", &dloss, &res.loss, 1, TU_LOSS_RTOL, 0.0);
+    ok &= tu_cmp_f32("grad", grad, rgrad, nc, TU_GRAD_RTOL, TU_GRAD_ATOL_REL * tu_max_abs(rgrad, nc));
+    ok &= tu_cmp_f64("pos_grad", ds.pos, rs->pos, C, TU_STATE_RTOL_FEW, 1e-12 * tu_max_abs(rs->pos, C));
+    ok &= tu_cmp_f64("neg_grad", ds.neg, rs->neg, C, TU_STATE_RTOL_FEW, 1e-12 * tu_max_abs(rs->neg, C));
+    ok &= tu_cmp_f64("pos_neg", ds.g, rs->g, C, TU_STATE_RTOL_FEW, 1e-12);
+    if (dev_grad)
+        memcpy(dev_grad, grad, nc * sizeof *grad);
+
+    efl_ref_state_free(&ds);
+    free(grad);
+    free(rgrad);
+    tu_release(bx);
+    tu_release(by);
+    tu_release(bl);
+    tu_release(bg);
+    return ok;
+}
