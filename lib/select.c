@@ -11,7 +11,7 @@ typedef struct {
     cl_device_id device;
     unsigned pi, di;
     cl_device_type type;
-    char label[520]; /* "platform / device" */
+    char label[800]; /* "platform [vendor] / device" */
 } candidate;
 
 /* Every device of every platform that answers; a platform that fails or lists nothing is
@@ -34,8 +34,9 @@ static size_t list_devices(candidate *out, size_t max)
             continue;
         if (nd > 32)
             nd = 32;
-        char pname[256] = "", dname[256] = "";
+        char pname[256] = "", pvendor[256] = "", dname[256] = "";
         clGetPlatformInfo(plats[p], CL_PLATFORM_NAME, sizeof pname - 1, pname, NULL);
+        clGetPlatformInfo(plats[p], CL_PLATFORM_VENDOR, sizeof pvendor - 1, pvendor, NULL);
         for (cl_uint d = 0; d < nd && count < max; ++d) {
             candidate *c = &out[count++];
             c->platform = plats[p];
@@ -46,7 +47,7 @@ static size_t list_devices(candidate *out, size_t max)
             clGetDeviceInfo(devs[d], CL_DEVICE_TYPE, sizeof c->type, &c->type, NULL);
             dname[0] = '\0';
             clGetDeviceInfo(devs[d], CL_DEVICE_NAME, sizeof dname - 1, dname, NULL);
-            snprintf(c->label, sizeof c->label, "%s / %s", pname, dname);
+            snprintf(c->label, sizeof c->label, "%s [%s] / %s", pname, pvendor, dname);
         }
     }
     return count;

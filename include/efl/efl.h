@@ -100,9 +100,10 @@ typedef struct efl_context_s efl_context;
 EFL_API efl_status efl_context_create(cl_context context, cl_device_id device, efl_context **out);
 
 /* Pick a device on our own and create a cl_context for it.
- * EFL_DEVICE (environment) chooses: "P:D" indices ("1:0"), or a case-insensitive substring of
- * "platform name / device name" ("pocl", "llvmpipe", "nvidia"). Otherwise the first GPU of any
- * platform, else the first CPU device, skipping platforms that fail or list no device. */
+ * EFL_DEVICE (environment) chooses: "P:D" indices ("1:0"), "P" (first device of platform P), or
+ * a case-insensitive substring of "platform name [platform vendor] / device name" ("pocl",
+ * "rusticl", "llvmpipe", "nvidia"). Otherwise the first GPU of any platform, else the first CPU
+ * device, skipping platforms that fail or list no device. */
 EFL_API efl_status efl_context_create_default(efl_context **out);
 
 /* Accepts NULL. Losses created on the context must be destroyed first. */

@@ -1,0 +1,166 @@
+/* The device's own memory ceilings, measured as clpeak does: a copy kernel (one float4 read and
+ * one written per work-item; bytes = read + write) and a read kernel (float4 loads summed into a
+ * small output; bytes = read), on random (incompressible) float data. Warm-up, then repeat for
+ * about min_time seconds; the median is reported. */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench_util.h"
+
+#define READ_PER_ITEM 32 /* float4 loads per work-item of the read kernel */
+#define READ_WG 64
+
+static const char *ceiling_src =
+    "__kernel void bench_copy(__global const float4 *restrict src, __global float4 *restrict dst)\n"
+    "{\n"
+    "    const size_t i = get_global_id(0);\n"
+    "    dst[i] = src[i];\n"
+    "}\n"
+    "\n"
+    "/* A work-group reads one contiguous chunk; at each step its work-items read consecutive\n"
+    " * float4s (coalesced on GPUs, sequential on CPUs). Four sums keep the adds off the path. */\n"
+    "__kernel void bench_read(__global const float4 *restrict src, __global float *restrict out)\n"
+    "{\n"
+    "    const size_t lsz = get_local_size(0);\n"
+    "    const size_t base = get_group_id(0) * lsz * READ_PER_ITEM + get_local_id(0);\n"
+    "    float4 s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;\n"
+    "    for (int k = 0; k < READ_PER_ITEM; k += 4) {\n"
+    "        s0 += src[base + (size_t)k * lsz];\n"
+    "        s1 += src[base + (size_t)(k + 1) * lsz];\n"
+    "        s2 += src[base + (size_t)(k + 2) * lsz];\n"
+    "        s3 += src[base + (size_t)(k + 3) * lsz];\n"
+    "    }\n"
+    "    const float4 s = (s0 + s1) + (s2 + s3);\n"
+    "    out[get_global_id(0)] = (s.x + s.y) + (s.z + s.w);\n"
+    "}\n";
+
+/* Median seconds of one kernel launch, from its event, or the wall clock around clFinish. */
+static cl_int time_kernel(cl_command_queue q, cl_kernel k, size_t global, const size_t *local, double min_time,
+                          double *median, int *wall)
+{
+    double t[1000];
+    size_t reps = 0;
+    cl_int err = clEnqueueNDRangeKernel(q, k, 1, NULL, &global, local, 0, NULL, NULL); /* warm-up */
+    if (err == CL_SUCCESS)
+        err = clFinish(q);
+    const double start = bench_now();
+    while (err == CL_SUCCESS && reps < 1000 && (reps < 3 || bench_now() - start < min_time)) {
+        cl_event ev = NULL;
+        const double w0 = bench_now();
+        err = clEnqueueNDRangeKernel(q, k, 1, NULL, &global, local, 0, NULL, &ev);
+        if (err == CL_SUCCESS)
+            err = clFinish(q);
+        const double w1 = bench_now();
+        if (err == CL_SUCCESS) {
+            double s = bench_event_span(ev, ev, 1);
+            if (s <= 0.0) {
+                s = w1 - w0;
+                *wall = 1;
+            }
+            t[reps++] = s;
+        }
+        if (ev)
+            clReleaseEvent(ev);
+    }
+    *median = bench_median(t, reps);
+    return err;
+}
+
+#define TRY(call, name)                                                                                            \
+    do {                                                                                                           \
+        if (err == CL_SUCCESS) {                                                                                   \
+            err = (call);                                                                                          \
+            if (err != CL_SUCCESS)                                                                                 \
+                *what = (name);                                                                                    \
+        }                                                                                                          \
+    } while (0)
+
+cl_int bench_measure_ceilings(cl_context ctx, cl_device_id dev, cl_command_queue q, size_t bytes, double min_time,
+                              bench_ceilings *out, const char **what)
+{
+    memset(out, 0, sizeof *out);
+    *what = "";
+    const size_t unit = (size_t)16 * READ_WG * READ_PER_ITEM; /* bytes one read work-group covers */
+    bytes = bytes / unit * unit;
+    out->bytes = bytes;
+    cl_int err = CL_SUCCESS, e2 = CL_SUCCESS;
+    cl_program prog = NULL;
+    cl_kernel kcopy = NULL, kread = NULL;
+    cl_mem a = NULL, b = NULL, small = NULL;
+    float *tile = NULL;
+
+    prog = clCreateProgramWithSource(ctx, 1, &ceiling_src, NULL, &err);
+    if (err != CL_SUCCESS)
+        *what = "clCreateProgramWithSource";
+    char opts[64];
+    snprintf(opts, sizeof opts, "-DREAD_PER_ITEM=%d", READ_PER_ITEM);
+    TRY(clBuildProgram(prog, 1, &dev, opts, NULL, NULL), "clBuildProgram (ceiling kernels)");
+    if (err == CL_SUCCESS) {
+        kcopy = clCreateKernel(prog, "bench_copy", &err);
+        if (err == CL_SUCCESS)
+            kread = clCreateKernel(prog, "bench_read", &err);
+        if (err != CL_SUCCESS)
+            *what = "clCreateKernel";
+    }
+    if (err == CL_SUCCESS) {
+        a = clCreateBuffer(ctx, CL_MEM_READ_WRITE, bytes, NULL, &err);
+        b = clCreateBuffer(ctx, CL_MEM_READ_WRITE, bytes, NULL, &e2);
+        if (err == CL_SUCCESS)
+            err = e2;
+        if (err == CL_SUCCESS)
+            small = clCreateBuffer(ctx, CL_MEM_WRITE_ONLY, bytes / 16 / READ_PER_ITEM * sizeof(float), NULL, &err);
+        if (err != CL_SUCCESS)
+            *what = "clCreateBuffer (ceiling buffers)";
+    }
+    /* Random floats, written tile by tile (caches work by address, so a repeating 32 MiB tile
+     * is as good as one random stream; what matters is that no block is compressible). */
+    const size_t tile_bytes = bytes < ((size_t)32 << 20) ? bytes : ((size_t)32 << 20);
+    if (err == CL_SUCCESS && !(tile = malloc(tile_bytes))) {
+        err = CL_OUT_OF_HOST_MEMORY;
+        *what = "malloc";
+    }
+    if (err == CL_SUCCESS) {
+        uint64_t s = 0x9E3779B97F4A7C15ULL;
+        for (size_t i = 0; i < tile_bytes / sizeof(float); ++i)
+            tile[i] = (float)(bench_rand_unit(&s) * 2.0 - 1.0);
+    }
+    for (size_t off = 0; err == CL_SUCCESS && off < bytes; off += tile_bytes) {
+        const size_t len = bytes - off < tile_bytes ? bytes - off : tile_bytes;
+        TRY(clEnqueueWriteBuffer(q, a, CL_TRUE, off, len, tile, 0, NULL, NULL), "clEnqueueWriteBuffer");
+        TRY(clEnqueueWriteBuffer(q, b, CL_TRUE, off, len, tile, 0, NULL, NULL), "clEnqueueWriteBuffer");
+    }
+
+    TRY(clSetKernelArg(kcopy, 0, sizeof a, &a), "clSetKernelArg");
+    TRY(clSetKernelArg(kcopy, 1, sizeof b, &b), "clSetKernelArg");
+    TRY(clSetKernelArg(kread, 0, sizeof b, &b), "clSetKernelArg");
+    TRY(clSetKernelArg(kread, 1, sizeof small, &small), "clSetKernelArg");
+    double tc = 0.0, tr = 0.0;
+    size_t wg = READ_WG, max_wg = 0;
+    clGetDeviceInfo(dev, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof max_wg, &max_wg, NULL);
+    TRY(time_kernel(q, kcopy, bytes / 16, NULL, min_time, &tc, &out->wall_clock), "copy kernel");
+    /* any group size covers the buffer exactly (global * READ_PER_ITEM float4s) */
+    TRY(time_kernel(q, kread, bytes / 16 / READ_PER_ITEM, max_wg >= wg ? &wg : NULL, min_time, &tr,
+                    &out->wall_clock),
+        "read kernel");
+    if (err == CL_SUCCESS && tc > 0.0 && tr > 0.0) {
+        out->copy_gbps = 2.0 * (double)bytes / tc / 1e9;
+        out->read_gbps = (double)bytes / tr / 1e9;
+    }
+
+    free(tile);
+    if (small)
+        clReleaseMemObject(small);
+    if (b)
+        clReleaseMemObject(b);
+    if (a)
+        clReleaseMemObject(a);
+    if (kread)
+        clReleaseKernel(kread);
+    if (kcopy)
+        clReleaseKernel(kcopy);
+    if (prog)
+        clReleaseProgram(prog);
+    return err;
+}

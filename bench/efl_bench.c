@@ -1,0 +1,694 @@
+/* efl-bench: the EFL step against the device's own memory ceilings.
+ *
+ * For each OpenCL device (all of them, or those --device / EFL_DEVICE select, or the library's
+ * own pick with --default): the first-call latency (efl_loss_create on a fresh efl_context to
+ * the first finished step, LVIS shape), the copy and read bandwidth ceilings (ceiling.c), then
+ * the median time of efl_enqueue_step on device buffers for a set of detection shapes. A step
+ * is timed between two profiling markers around it (so all three of its kernels count), or by
+ * the wall clock where the device's events report no time (rusticl). Bytes of a step are the
+ * logits read, the gradient written and the labels read: N*C*4 + N*C*4 + N*4.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench_util.h"
+
+/* ------------------------------------------------------------------ cases */
+typedef struct {
+    const char *name;
+    size_t n;
+    uint32_t c;
+    int forward; /* also time efl_enqueue_forward */
+} case_def;
+
+static const case_def named_cases[] = {
+    {"lvis", 90000, 1203, 1},
+    {"coco", 90000, 80, 0},
+    {"coco-360k", 360000, 80, 0},
+    {"openimages", 50000, 500, 0},
+};
+#define NUM_NAMED (sizeof named_cases / sizeof named_cases[0])
+static const size_t sweep_n[] = {1000, 3000, 10000, 30000, 100000, 200000, 400000};
+#define NUM_SWEEP (sizeof sweep_n / sizeof sweep_n[0])
+#define SWEEP_C 1203
+#define MAX_CASES (NUM_NAMED + NUM_SWEEP)
+#define MAX_ROWS (2 * MAX_CASES)
+
+typedef struct {
+    const char *op; /* "step" or "forward" */
+    const char *label;
+    size_t n, n_wanted;
+    uint32_t c;
+    double median_s, gbps, fraction_of_copy, gelem_s;
+    int wall; /* timed by the wall clock */
+} result_row;
+
+typedef struct {
+    char name[256], vendor[256], platform[256];
+    cl_device_type type;
+    cl_ulong max_alloc, global_mem;
+    double copy_gbps, read_gbps, first_call_s;
+    size_t ceiling_bytes;
+    int ceiling_wall;
+    result_row rows[MAX_ROWS];
+    size_t nrows;
+} device_result;
+
+typedef struct {
+    const char *device_sel;
+    int use_default;
+    const char *json_path, *csv_path;
+    double min_time;
+    case_def cases[MAX_CASES];
+    char sweep_names[NUM_SWEEP][32];
+    size_t ncases;
+} options;
+
+/* ------------------------------------------------------------------ errors */
+static void print_log(const efl_context *ectx)
+{
+    if (!ectx)
+        return;
+    size_t len = efl_context_log(ectx, NULL, 0);
+    char *buf = len ? malloc(len + 1) : NULL;
+    if (!buf)
+        return;
+    efl_context_log(ectx, buf, len + 1);
+    fprintf(stderr, "---- efl_context_log ----\n%s\n-------------------------\n", buf);
+    free(buf);
+}
+
+/* A non-OK status: say what failed, where, and the context's log. */
+static int efl_fail(const char *what, const char *dev, efl_status st, const efl_context *ectx)
+{
+    fprintf(stderr, "efl-bench: %s failed on %s: %s (status %d", what, dev, efl_status_string(st), (int)st);
+    if (ectx && efl_context_last_cl_error(ectx) != CL_SUCCESS)
+        fprintf(stderr, ", OpenCL error %d", (int)efl_context_last_cl_error(ectx));
+    fprintf(stderr, ")\n");
+    print_log(ectx);
+    return -1;
+}
+
+static int cl_fail(const char *what, const char *dev, cl_int err)
+{
+    fprintf(stderr, "efl-bench: %s failed on %s: OpenCL error %d\n", what, dev, (int)err);
+    return -1;
+}
+
+/* ------------------------------------------------------------------ data */
+/* Logits ~ N(-4, 2.5) (a detector's scores: most anchors confidently background), written to
+ * the buffer tile by tile from one random tile of 8 Mi floats. */
+static cl_int fill_logits(cl_command_queue q, cl_mem buf, size_t count)
+{
+    const size_t tile_n = ((size_t)8 << 20) + 7; /* odd length: rows do not repeat in step */
+    const size_t len = count < tile_n ? count : tile_n;
+    float *tile = malloc(len * sizeof *tile);
+    if (!tile)
+        return CL_OUT_OF_HOST_MEMORY;
+    uint64_t s = 0x243F6A8885A308D3ULL;
+    for (size_t i = 0; i < len; i += 2) {
+        const double u1 = 1.0 - bench_rand_unit(&s), u2 = bench_rand_unit(&s);
+        const double r = sqrt(-2.0 * log(u1)), t = 6.283185307179586 * u2;
+        tile[i] = (float)(-4.0 + 2.5 * r * cos(t));
+        if (i + 1 < len)
+            tile[i + 1] = (float)(-4.0 + 2.5 * r * sin(t));
+    }
+    cl_int err = CL_SUCCESS;
+    for (size_t off = 0; err == CL_SUCCESS && off < count; off += len) {
+        const size_t k = count - off < len ? count - off : len;
+        err = clEnqueueWriteBuffer(q, buf, CL_TRUE, off * sizeof(float), k * sizeof(float), tile, 0, NULL, NULL);
+    }
+    free(tile);
+    return err;
+}
+
+/* Labels in the reference convention: ~92% background (0), else class k in 1..C with Zipf
+ * frequencies (p_k ~ 1/k), as in a long-tailed detection batch. */
+static cl_int write_labels(cl_command_queue q, cl_mem buf, size_t n, uint32_t C)
+{
+    int32_t *lab = malloc((n ? n : 1) * sizeof *lab);
+    double *cdf = malloc(C * sizeof *cdf);
+    cl_int err = CL_OUT_OF_HOST_MEMORY;
+    if (lab && cdf) {
+        double acc = 0.0;
+        for (uint32_t k = 0; k < C; ++k)
+            cdf[k] = acc += 1.0 / (k + 1.0);
+        uint64_t s = 0xB7E151628AED2A6BULL ^ ((uint64_t)C << 32) ^ n;
+        for (size_t i = 0; i < n; ++i) {
+            if (bench_rand_unit(&s) < 0.92) {
+                lab[i] = 0;
+                continue;
+            }
+            const double u = bench_rand_unit(&s) * acc;
+            uint32_t lo = 0, hi = C - 1; /* first k with cdf[k] > u */
+            while (lo < hi) {
+                uint32_t mid = lo + (hi - lo) / 2;
+                if (cdf[mid] > u)
+                    hi = mid;
+                else
+                    lo = mid + 1;
+            }
+            lab[i] = (int32_t)lo + 1;
+        }
+        err = n ? clEnqueueWriteBuffer(q, buf, CL_TRUE, 0, n * sizeof *lab, lab, 0, NULL, NULL) : CL_SUCCESS;
+    }
+    free(lab);
+    free(cdf);
+    return err;
+}
+
+/* ------------------------------------------------------------------ timing */
+typedef struct {
+    cl_mem logits, labels, grad, loss_out;
+} buffers;
+
+static efl_status enqueue_op(efl_loss *loss, cl_command_queue q, const buffers *b, size_t n, int forward)
+{
+    if (forward)
+        return efl_enqueue_forward(loss, q, b->logits, b->labels, n, 1.0f, EFL_REDUCTION_MEAN, b->loss_out, 0, NULL,
+                                   NULL);
+    return efl_enqueue_step(loss, q, b->logits, b->labels, n, 1.0f, EFL_REDUCTION_MEAN, b->loss_out, b->grad, 0,
+                            NULL, NULL);
+}
+
+/* Warm-up, then repetitions until min_time has passed (at least 3); the median per op. */
+static int time_op(efl_context *ectx, efl_loss *loss, cl_command_queue q, const buffers *b, size_t n, int forward,
+                   double min_time, const char *dev, double *median, int *wall)
+{
+    const char *what = forward ? "efl_enqueue_forward" : "efl_enqueue_step";
+    efl_status st = enqueue_op(loss, q, b, n, forward);
+    if (st != EFL_OK)
+        return efl_fail(what, dev, st, ectx);
+    if ((st = efl_loss_query_status(loss, q)) != EFL_OK) /* waits for the warm-up */
+        return efl_fail("the warm-up step (efl_loss_query_status)", dev, st, ectx);
+
+    double t[1000];
+    size_t reps = 0;
+    const double start = bench_now();
+    while (reps < 1000 && (reps < 3 || bench_now() - start < min_time)) {
+        cl_event m0 = NULL, m1 = NULL;
+        const double w0 = bench_now();
+        cl_int err = clEnqueueMarkerWithWaitList(q, 0, NULL, &m0);
+        if (err != CL_SUCCESS)
+            return cl_fail("clEnqueueMarkerWithWaitList", dev, err);
+        st = enqueue_op(loss, q, b, n, forward);
+        if (st != EFL_OK) {
+            clReleaseEvent(m0);
+            return efl_fail(what, dev, st, ectx);
+        }
+        err = clEnqueueMarkerWithWaitList(q, 0, NULL, &m1);
+        if (err == CL_SUCCESS)
+            err = clFinish(q);
+        const double w1 = bench_now();
+        if (err != CL_SUCCESS) {
+            clReleaseEvent(m0);
+            if (m1)
+                clReleaseEvent(m1);
+            return cl_fail("clFinish after a step", dev, err);
+        }
+        double s = bench_event_span(m0, m1, 0);
+        if (s <= 0.0) {
+            s = w1 - w0;
+            *wall = 1;
+        }
+        t[reps++] = s;
+        clReleaseEvent(m0);
+        clReleaseEvent(m1);
+    }
+    if ((st = efl_loss_query_status(loss, q)) != EFL_OK)
+        return efl_fail("the timed steps (efl_loss_query_status)", dev, st, ectx);
+    *median = bench_median(t, reps);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ one device */
+static void get_str(cl_device_id dev, cl_device_info what, char *buf, size_t size)
+{
+    buf[0] = '\0';
+    if (clGetDeviceInfo(dev, what, size - 1, buf, NULL) != CL_SUCCESS)
+        buf[0] = '\0';
+    buf[size - 1] = '\0';
+}
+
+static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
+
+static int run_device(cl_context cl, cl_device_id dev, const options *opt, device_result *out)
+{
+    memset(out, 0, sizeof *out);
+    cl_platform_id plat = NULL;
+    get_str(dev, CL_DEVICE_NAME, out->name, sizeof out->name);
+    get_str(dev, CL_DEVICE_VENDOR, out->vendor, sizeof out->vendor);
+    clGetDeviceInfo(dev, CL_DEVICE_PLATFORM, sizeof plat, &plat, NULL);
+    clGetPlatformInfo(plat, CL_PLATFORM_NAME, sizeof out->platform - 1, out->platform, NULL);
+    clGetDeviceInfo(dev, CL_DEVICE_TYPE, sizeof out->type, &out->type, NULL);
+    clGetDeviceInfo(dev, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof out->max_alloc, &out->max_alloc, NULL);
+    clGetDeviceInfo(dev, CL_DEVICE_GLOBAL_MEM_SIZE, sizeof out->global_mem, &out->global_mem, NULL);
+    const char *dn = out->name;
+    const int is_cpu = (out->type & CL_DEVICE_TYPE_CPU) != 0;
+    printf("\n== %s  [%s%s]\n", out->name, out->platform, is_cpu ? ", CPU" : "");
+    printf("   max alloc %.0f MiB, global memory %.0f MiB\n", (double)out->max_alloc / 1048576.0,
+           (double)out->global_mem / 1048576.0);
+    fflush(stdout);
+
+    cl_int err = CL_SUCCESS;
+    cl_command_queue q = clCreateCommandQueue(cl, dev, CL_QUEUE_PROFILING_ENABLE, &err);
+    if (err != CL_SUCCESS)
+        return cl_fail("clCreateCommandQueue", dn, err);
+
+    /* Shapes clipped so logits + grad fit in min(max alloc, global memory / 3). */
+    const size_t pair_limit = min_size((size_t)out->max_alloc, (size_t)(out->global_mem / 3));
+    size_t ncase = opt->ncases + 1, n_of[MAX_CASES + 1], max_elems = 0, max_n = 0;
+    case_def cases[MAX_CASES + 1];
+    cases[0] = named_cases[0]; /* the first-call shape (LVIS) */
+    memcpy(cases + 1, opt->cases, opt->ncases * sizeof cases[0]);
+    for (size_t i = 0; i < ncase; ++i) {
+        const size_t fit = pair_limit / (2 * sizeof(float) * cases[i].c);
+        n_of[i] = min_size(cases[i].n, fit);
+        if (n_of[i] * cases[i].c > max_elems)
+            max_elems = n_of[i] * cases[i].c;
+        if (n_of[i] > max_n)
+            max_n = n_of[i];
+    }
+
+    buffers b = {NULL, NULL, NULL, NULL};
+    int rc = 0;
+    cl_int e[4];
+    b.logits = clCreateBuffer(cl, CL_MEM_READ_ONLY, max_elems * sizeof(float), NULL, &e[0]);
+    b.grad = clCreateBuffer(cl, CL_MEM_READ_WRITE, max_elems * sizeof(float), NULL, &e[1]);
+    b.labels = clCreateBuffer(cl, CL_MEM_READ_ONLY, max_n * sizeof(cl_int), NULL, &e[2]);
+    b.loss_out = clCreateBuffer(cl, CL_MEM_READ_WRITE, sizeof(float), NULL, &e[3]);
+    for (int i = 0; i < 4 && rc == 0; ++i)
+        if (e[i] != CL_SUCCESS)
+            rc = cl_fail("clCreateBuffer (logits, grad, labels)", dn, e[i]);
+    if (rc == 0 && (err = fill_logits(q, b.logits, max_elems)) != CL_SUCCESS)
+        rc = cl_fail("writing the logits", dn, err);
+    const float zero = 0.0f; /* touch grad now: its pages are the caller's cost, not the step's */
+    if (rc == 0 && (err = clEnqueueFillBuffer(q, b.grad, &zero, sizeof zero, 0, max_elems * sizeof(float), 0, NULL,
+                                              NULL)) != CL_SUCCESS)
+        rc = cl_fail("clEnqueueFillBuffer (grad)", dn, err);
+    if (rc == 0 && (err = clFinish(q)) != CL_SUCCESS)
+        rc = cl_fail("clFinish", dn, err);
+
+    /* First call, cold: a fresh efl_context compiles its programs in efl_loss_create. */
+    if (rc == 0 && (err = write_labels(q, b.labels, n_of[0], cases[0].c)) != CL_SUCCESS)
+        rc = cl_fail("writing the labels", dn, err);
+    if (rc == 0) {
+        efl_context *fresh = NULL;
+        efl_loss *loss = NULL;
+        efl_loss_config cfg;
+        efl_loss_config_init(&cfg, cases[0].c);
+        efl_status st = efl_context_create(cl, dev, &fresh);
+        if (st != EFL_OK)
+            rc = efl_fail("efl_context_create", dn, st, fresh);
+        const double t0 = bench_now();
+        if (rc == 0 && (st = efl_loss_create(fresh, &cfg, &loss)) != EFL_OK)
+            rc = efl_fail("efl_loss_create", dn, st, fresh);
+        if (rc == 0 && (st = enqueue_op(loss, q, &b, n_of[0], 0)) != EFL_OK)
+            rc = efl_fail("efl_enqueue_step (first call)", dn, st, fresh);
+        if (rc == 0 && (err = clFinish(q)) != CL_SUCCESS)
+            rc = cl_fail("clFinish (first call)", dn, err);
+        out->first_call_s = bench_now() - t0;
+        if (rc == 0 && (st = efl_loss_query_status(loss, q)) != EFL_OK)
+            rc = efl_fail("the first step (efl_loss_query_status)", dn, st, fresh);
+        efl_loss_destroy(loss);
+        efl_context_destroy(fresh);
+        if (rc == 0)
+            printf("   first call (efl_loss_create on a fresh context -> first step finished, N=%zu C=%u): %.3f s\n",
+                   n_of[0], cases[0].c, out->first_call_s);
+    }
+
+    /* Ceilings: min(256 MiB, max alloc / 2, global memory / 8) per buffer. */
+    if (rc == 0) {
+        bench_ceilings cc;
+        const char *what = "";
+        size_t bytes = min_size((size_t)256 << 20, min_size((size_t)(out->max_alloc / 2), (size_t)(out->global_mem / 8)));
+        if ((err = bench_measure_ceilings(cl, dev, q, bytes, opt->min_time, &cc, &what)) != CL_SUCCESS) {
+            rc = cl_fail(what, dn, err);
+        } else {
+            out->copy_gbps = cc.copy_gbps;
+            out->read_gbps = cc.read_gbps;
+            out->ceiling_bytes = cc.bytes;
+            out->ceiling_wall = cc.wall_clock;
+            printf("   ceilings (%.0f MiB buffers%s): copy %.2f GB/s, read %.2f GB/s\n", (double)cc.bytes / 1048576.0,
+                   cc.wall_clock ? ", wall clock" : "", cc.copy_gbps, cc.read_gbps);
+        }
+    }
+
+    /* The cases, on one efl_context (programs compile once per kernel configuration). */
+    efl_context *ectx = NULL;
+    if (rc == 0) {
+        efl_status st = efl_context_create(cl, dev, &ectx);
+        if (st != EFL_OK)
+            rc = efl_fail("efl_context_create", dn, st, ectx);
+        else
+            printf("   %-7s %-12s %8s %5s %5s %11s %8s %7s %8s %s\n", "op", "case", "N", "C", "dtype", "median ms",
+                   "GB/s", "% copy", "Gelem/s", "timer");
+    }
+    for (size_t i = 1; rc == 0 && i < ncase; ++i) {
+        const size_t n = n_of[i];
+        const uint32_t C = cases[i].c;
+        int dup = 0;
+        for (size_t r = 0; r < out->nrows; ++r)
+            dup |= out->rows[r].n == n && out->rows[r].c == C;
+        if (dup || n == 0) {
+            printf("   %-7s %-12s (N=%zu clipped to %zu by memory: same shape as above, skipped)\n", "", cases[i].name,
+                   cases[i].n, n);
+            continue;
+        }
+        efl_loss *loss = NULL;
+        efl_loss_config cfg;
+        efl_loss_config_init(&cfg, C);
+        efl_status st = efl_loss_create(ectx, &cfg, &loss);
+        if (st != EFL_OK) {
+            rc = efl_fail("efl_loss_create", dn, st, ectx);
+            break;
+        }
+        if ((err = write_labels(q, b.labels, n, C)) != CL_SUCCESS)
+            rc = cl_fail("writing the labels", dn, err);
+        for (int fw = 0; rc == 0 && fw <= cases[i].forward; ++fw) {
+            result_row *row = &out->rows[out->nrows];
+            memset(row, 0, sizeof *row);
+            row->op = fw ? "forward" : "step";
+            row->label = cases[i].name;
+            row->n = n;
+            row->n_wanted = cases[i].n;
+            row->c = C;
+            rc = time_op(ectx, loss, q, &b, n, fw, opt->min_time, dn, &row->median_s, &row->wall);
+            if (rc != 0)
+                break;
+            const double elems = (double)n * C;
+            const double bytes = elems * 4.0 * (fw ? 1.0 : 2.0) + (double)n * 4.0;
+            row->gbps = bytes / row->median_s / 1e9;
+            row->fraction_of_copy = out->copy_gbps > 0.0 ? row->gbps / out->copy_gbps : 0.0;
+            row->gelem_s = elems / row->median_s / 1e9;
+            out->nrows++;
+            printf("   %-7s %-12s %8zu %5u %5s %11.3f %8.2f %6.1f%% %8.3f %s%s\n", row->op, row->label, n, C, "f32",
+                   row->median_s * 1e3, row->gbps, 100.0 * row->fraction_of_copy, row->gelem_s,
+                   row->wall ? "wall" : "events", n < cases[i].n ? "  (N clipped by memory)" : "");
+            fflush(stdout);
+        }
+        efl_loss_destroy(loss);
+    }
+    efl_context_destroy(ectx);
+    if (b.loss_out)
+        clReleaseMemObject(b.loss_out);
+    if (b.labels)
+        clReleaseMemObject(b.labels);
+    if (b.grad)
+        clReleaseMemObject(b.grad);
+    if (b.logits)
+        clReleaseMemObject(b.logits);
+    clReleaseCommandQueue(q);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ device selection */
+typedef struct {
+    cl_platform_id platform;
+    cl_device_id device;
+    unsigned pi, di;
+    char label[520]; /* "platform / device", as the library matches EFL_DEVICE */
+} candidate;
+
+static size_t list_devices(candidate *out, size_t max)
+{
+    cl_uint np = 0;
+    cl_platform_id plats[32];
+    if (clGetPlatformIDs(0, NULL, &np) != CL_SUCCESS || np == 0)
+        return 0;
+    if (np > 32)
+        np = 32;
+    if (clGetPlatformIDs(np, plats, NULL) != CL_SUCCESS)
+        return 0;
+    size_t count = 0;
+    for (cl_uint p = 0; p < np; ++p) {
+        cl_uint nd = 0;
+        cl_device_id devs[32];
+        if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, 32, devs, &nd) != CL_SUCCESS)
+            continue; /* a platform that fails or lists nothing is skipped */
+        char pname[256] = "", dname[256];
+        clGetPlatformInfo(plats[p], CL_PLATFORM_NAME, sizeof pname - 1, pname, NULL);
+        for (cl_uint d = 0; d < nd && d < 32 && count < max; ++d) {
+            candidate *c = &out[count++];
+            c->platform = plats[p];
+            c->device = devs[d];
+            c->pi = p;
+            c->di = d;
+            get_str(devs[d], CL_DEVICE_NAME, dname, sizeof dname);
+            snprintf(c->label, sizeof c->label, "%s / %s", pname, dname);
+        }
+    }
+    return count;
+}
+
+static int contains_nocase(const char *hay, const char *needle)
+{
+    const size_t n = strlen(needle);
+    for (; *hay; ++hay) {
+        size_t i = 0;
+        while (i < n && hay[i] && tolower((unsigned char)hay[i]) == tolower((unsigned char)needle[i]))
+            ++i;
+        if (i == n)
+            return 1;
+    }
+    return n == 0;
+}
+
+/* The library's EFL_DEVICE syntax: "P:D", "P" (here: every device of platform P), or a
+ * case-insensitive substring of "platform / device" (here: every device that matches). */
+static int selected(const candidate *c, const char *sel)
+{
+    unsigned p, d;
+    char tail;
+    if (sscanf(sel, "%u:%u%c", &p, &d, &tail) == 2)
+        return c->pi == p && c->di == d;
+    if (sscanf(sel, "%u%c", &p, &tail) == 1)
+        return c->pi == p;
+    return contains_nocase(c->label, sel);
+}
+
+/* ------------------------------------------------------------------ output */
+static void json_string(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; ++s) {
+        const unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            fprintf(f, "\\%c", ch);
+        else if (ch < 0x20)
+            fprintf(f, "\\u%04x", ch);
+        else
+            fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+static int write_json(const char *path, const device_result *d, size_t nd)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    fprintf(f, "{\"devices\":[");
+    for (size_t i = 0; i < nd; ++i) {
+        fprintf(f, "%s\n {\"name\":", i ? "," : "");
+        json_string(f, d[i].name);
+        fprintf(f, ",\"vendor\":");
+        json_string(f, d[i].vendor);
+        fprintf(f, ",\"platform\":");
+        json_string(f, d[i].platform);
+        fprintf(f, ",\"copy_gbps\":%.6g,\"read_gbps\":%.6g,\"first_call_s\":%.6g,\"cases\":[", d[i].copy_gbps,
+                d[i].read_gbps, d[i].first_call_s);
+        for (size_t r = 0; r < d[i].nrows; ++r) {
+            const result_row *w = &d[i].rows[r];
+            fprintf(f,
+                    "%s\n  {\"op\":\"%s\",\"n\":%zu,\"c\":%u,\"dtype\":\"f32\",\"median_s\":%.6g,\"gbps\":%.6g,"
+                    "\"fraction_of_copy\":%.6g,\"gelem_s\":%.6g}",
+                    r ? "," : "", w->op, w->n, w->c, w->median_s, w->gbps, w->fraction_of_copy, w->gelem_s);
+        }
+        fprintf(f, "]}");
+    }
+    fprintf(f, "\n]}\n");
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+static int write_csv(const char *path, const device_result *d, size_t nd)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    fprintf(f, "device,op,n,c,dtype,median_s,gbps,fraction_of_copy,gelem_s\n");
+    for (size_t i = 0; i < nd; ++i)
+        for (size_t r = 0; r < d[i].nrows; ++r) {
+            const result_row *w = &d[i].rows[r];
+            fputc('"', f);
+            for (const char *s = d[i].name; *s; ++s) {
+                if (*s == '"')
+                    fputc('"', f);
+                fputc(*s, f);
+            }
+            fprintf(f, "\",%s,%zu,%u,f32,%.6g,%.6g,%.6g,%.6g\n", w->op, w->n, w->c, w->median_s, w->gbps,
+                    w->fraction_of_copy, w->gelem_s);
+        }
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+/* ------------------------------------------------------------------ main */
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: efl-bench [--device SEL | --default] [--quick | --cases LIST] [--json FILE] [--csv FILE]\n"
+            "                 [--min-time S]\n"
+            "  --device SEL  devices to run on (default: $EFL_DEVICE, else every device of every platform):\n"
+            "                \"P:D\" indices, \"P\" (every device of platform P), or a case-insensitive\n"
+            "                substring of \"platform / device\" (every device that matches)\n"
+            "  --default     only the device efl_context_create_default picks\n"
+            "  --quick       only the lvis and coco cases\n"
+            "  --cases LIST  comma-separated, from: lvis (90000 x 1203, step and forward), coco (90000 x 80),\n"
+            "                coco-360k (360000 x 80), openimages (50000 x 500), sweep (N = 1000 .. 400000 at\n"
+            "                C = 1203), all (the default)\n"
+            "  --json FILE, --csv FILE  also write the results there\n"
+            "  --min-time S  time each case for about S seconds, at least 3 steps (default 0.5)\n");
+}
+
+static int add_cases(options *opt, const char *list)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", list);
+    int want[NUM_NAMED + 1] = {0}; /* named cases, then the sweep */
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        int found = 0;
+        for (size_t i = 0; i < NUM_NAMED; ++i)
+            if (strcmp(tok, named_cases[i].name) == 0)
+                want[i] = found = 1;
+        if (strcmp(tok, "sweep") == 0)
+            want[NUM_NAMED] = found = 1;
+        if (strcmp(tok, "all") == 0) {
+            for (size_t i = 0; i <= NUM_NAMED; ++i)
+                want[i] = 1;
+            found = 1;
+        }
+        if (!found) {
+            fprintf(stderr, "efl-bench: unknown case '%s'\n", tok);
+            return -1;
+        }
+    }
+    opt->ncases = 0;
+    for (size_t i = 0; i < NUM_NAMED; ++i)
+        if (want[i])
+            opt->cases[opt->ncases++] = named_cases[i];
+    if (want[NUM_NAMED])
+        for (size_t i = 0; i < NUM_SWEEP; ++i) {
+            snprintf(opt->sweep_names[i], sizeof opt->sweep_names[i], "sweep");
+            opt->cases[opt->ncases++] = (case_def){opt->sweep_names[i], sweep_n[i], SWEEP_C, 0};
+        }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static options opt; /* static: zeroed, and off the stack */
+    opt.min_time = 0.5;
+    const char *cases = "all";
+    for (int i = 1; i < argc; ++i) {
+        const char *a = argv[i];
+        const int has_val = i + 1 < argc;
+        if (strcmp(a, "--device") == 0 && has_val)
+            opt.device_sel = argv[++i];
+        else if (strcmp(a, "--default") == 0)
+            opt.use_default = 1;
+        else if (strcmp(a, "--quick") == 0)
+            cases = "lvis,coco";
+        else if (strcmp(a, "--cases") == 0 && has_val)
+            cases = argv[++i];
+        else if (strcmp(a, "--json") == 0 && has_val)
+            opt.json_path = argv[++i];
+        else if (strcmp(a, "--csv") == 0 && has_val)
+            opt.csv_path = argv[++i];
+        else if (strcmp(a, "--min-time") == 0 && has_val) {
+            char *end;
+            errno = 0;
+            opt.min_time = strtod(argv[++i], &end);
+            if (errno || *end || !(opt.min_time >= 0.0)) {
+                fprintf(stderr, "efl-bench: bad --min-time '%s'\n", argv[i]);
+                return 2;
+            }
+        } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "efl-bench: unknown or incomplete option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (add_cases(&opt, cases) != 0)
+        return 2;
+    if (!opt.device_sel) {
+        const char *env = getenv("EFL_DEVICE");
+        if (env && *env)
+            opt.device_sel = env;
+    }
+    printf("efl-bench %s (library %s): float32 logits, labels 92%% background + Zipf classes, logits ~ N(-4, 2.5)\n",
+           EFL_VERSION_STRING, efl_version_string());
+
+    static device_result results[64];
+    size_t nres = 0;
+    int failed = 0;
+    if (opt.use_default) {
+        efl_context *def = NULL;
+        efl_status st = efl_context_create_default(&def);
+        if (st != EFL_OK) {
+            efl_fail("efl_context_create_default", "(default device)", st, def);
+            return 1;
+        }
+        cl_context cl = efl_context_cl_context(def);
+        cl_device_id dev = efl_context_cl_device(def);
+        clRetainContext(cl);
+        efl_context_destroy(def);
+        failed |= run_device(cl, dev, &opt, &results[nres]) != 0;
+        nres += !failed;
+        clReleaseContext(cl);
+    } else {
+        candidate cands[64];
+        const size_t count = list_devices(cands, 64);
+        size_t ran = 0;
+        for (size_t i = 0; i < count; ++i) {
+            if (opt.device_sel && !selected(&cands[i], opt.device_sel))
+                continue;
+            ++ran;
+            cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)cands[i].platform, 0};
+            cl_int err = CL_SUCCESS;
+            cl_context cl = clCreateContext(props, 1, &cands[i].device, NULL, NULL, &err);
+            if (err != CL_SUCCESS) {
+                cl_fail("clCreateContext", cands[i].label, err);
+                failed = 1;
+                continue;
+            }
+            if (run_device(cl, cands[i].device, &opt, &results[nres]) == 0)
+                ++nres;
+            else
+                failed = 1;
+            clReleaseContext(cl);
+        }
+        if (ran == 0) {
+            fprintf(stderr, "efl-bench: no OpenCL device%s%s%s\n", opt.device_sel ? " matches '" : " found",
+                    opt.device_sel ? opt.device_sel : "", opt.device_sel ? "'" : "");
+            return 1;
+        }
+    }
+    if (opt.json_path && write_json(opt.json_path, results, nres) != 0) {
+        fprintf(stderr, "efl-bench: cannot write %s\n", opt.json_path);
+        failed = 1;
+    }
+    if (opt.csv_path && write_csv(opt.csv_path, results, nres) != 0) {
+        fprintf(stderr, "efl-bench: cannot write %s\n", opt.csv_path);
+        failed = 1;
+    }
+    if (failed)
+        fprintf(stderr, "efl-bench: FAILED (see the messages above)\n");
+    return failed ? 1 : 0;
+}

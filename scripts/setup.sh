@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One command from a fresh Debian 12 machine (as root) to a built efl and either
+#   scripts/setup.sh bench   the bench on the default device, or
+#   scripts/setup.sh test    the whole test suite (ctest) on every OpenCL implementation here.
+# It installs only what is missing, builds into ./build and runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+what="${1:-test}"
+case "$what" in bench|test|build) ;; *) echo "usage: $0 bench|test|build" >&2; exit 2 ;; esac
+
+# Build tools, the OpenCL ICD loader and headers, three independent OpenCL implementations
+# (PoCL, Mesa rusticl, Oclgrind), and the Python side of the tests (Debian's torch and numpy).
+packages=(cmake make gcc libc6-dev pkg-config
+          ocl-icd-opencl-dev opencl-c-headers clinfo
+          pocl-opencl-icd mesa-opencl-icd oclgrind
+          python3 python3-numpy python3-torch)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j"$(nproc)"
+
+case "$what" in
+  bench) ./build/bench/efl-bench --default --quick ;;
+  test)  ctest --test-dir build --output-on-failure -j1 ;;
+  build) ;;
+esac
