@@ -5,7 +5,8 @@
  * the first finished step, LVIS shape), the copy and read bandwidth ceilings (ceiling.c), then
  * the median time of efl_enqueue_step on device buffers for a set of detection shapes. A step
  * is timed between two profiling markers around it (so all three of its kernels count), or by
- * the wall clock where the device's events report no time (rusticl). Bytes of a step are the
+ * the wall clock (enqueue to clFinish) where the device's events report no usable time (rusticl
+ * returns zero or constant timestamps; ceiling.c checks the timer against a long copy). Bytes of a step are the
  * logits read, the gradient written and the labels read: N*C*4 + N*C*4 + N*4.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -63,6 +64,7 @@ typedef struct {
     int use_default;
     const char *json_path, *csv_path;
     double min_time;
+    int force_wall; /* --wall */
     case_def cases[MAX_CASES];
     char sweep_names[NUM_SWEEP][32];
     size_t ncases;
@@ -177,7 +179,7 @@ static efl_status enqueue_op(efl_loss *loss, cl_command_queue q, const buffers *
 
 /* Warm-up, then repetitions until min_time has passed (at least 3); the median per op. */
 static int time_op(efl_context *ectx, efl_loss *loss, cl_command_queue q, const buffers *b, size_t n, int forward,
-                   double min_time, const char *dev, double *median, int *wall)
+                   double min_time, int force_wall, const char *dev, double *median, int *wall)
 {
     const char *what = forward ? "efl_enqueue_forward" : "efl_enqueue_step";
     efl_status st = enqueue_op(loss, q, b, n, forward);
@@ -210,7 +212,7 @@ static int time_op(efl_context *ectx, efl_loss *loss, cl_command_queue q, const 
                 clReleaseEvent(m1);
             return cl_fail("clFinish after a step", dev, err);
         }
-        double s = bench_event_span(m0, m1, 0);
+        double s = force_wall ? 0.0 : bench_event_span(m0, m1, 0);
         if (s <= 0.0) {
             s = w1 - w0;
             *wall = 1;
@@ -325,7 +327,8 @@ static int run_device(cl_context cl, cl_device_id dev, const options *opt, devic
     if (rc == 0) {
         bench_ceilings cc;
         const char *what = "";
-        size_t bytes = min_size((size_t)256 << 20, min_size((size_t)(out->max_alloc / 2), (size_t)(out->global_mem / 8)));
+        const size_t bytes =
+            min_size((size_t)256 << 20, min_size((size_t)(out->max_alloc / 2), (size_t)(out->global_mem / 8)));
         if ((err = bench_measure_ceilings(cl, dev, q, bytes, opt->min_time, &cc, &what)) != CL_SUCCESS) {
             rc = cl_fail(what, dn, err);
         } else {
@@ -377,7 +380,8 @@ static int run_device(cl_context cl, cl_device_id dev, const options *opt, devic
             row->n = n;
             row->n_wanted = cases[i].n;
             row->c = C;
-            rc = time_op(ectx, loss, q, &b, n, fw, opt->min_time, dn, &row->median_s, &row->wall);
+            const int wall_only = opt->force_wall || out->ceiling_wall;
+            rc = time_op(ectx, loss, q, &b, n, fw, opt->min_time, wall_only, dn, &row->median_s, &row->wall);
             if (rc != 0)
                 break;
             const double elems = (double)n * C;
@@ -411,7 +415,7 @@ typedef struct {
     cl_platform_id platform;
     cl_device_id device;
     unsigned pi, di;
-    char label[520]; /* "platform / device", as the library matches EFL_DEVICE */
+    char label[800]; /* "platform [vendor] / device", as the library matches EFL_DEVICE */
 } candidate;
 
 static size_t list_devices(candidate *out, size_t max)
@@ -430,8 +434,9 @@ static size_t list_devices(candidate *out, size_t max)
         cl_device_id devs[32];
         if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, 32, devs, &nd) != CL_SUCCESS)
             continue; /* a platform that fails or lists nothing is skipped */
-        char pname[256] = "", dname[256];
+        char pname[256] = "", pvendor[256] = "", dname[256];
         clGetPlatformInfo(plats[p], CL_PLATFORM_NAME, sizeof pname - 1, pname, NULL);
+        clGetPlatformInfo(plats[p], CL_PLATFORM_VENDOR, sizeof pvendor - 1, pvendor, NULL);
         for (cl_uint d = 0; d < nd && d < 32 && count < max; ++d) {
             candidate *c = &out[count++];
             c->platform = plats[p];
@@ -439,7 +444,7 @@ static size_t list_devices(candidate *out, size_t max)
             c->pi = p;
             c->di = d;
             get_str(devs[d], CL_DEVICE_NAME, dname, sizeof dname);
-            snprintf(c->label, sizeof c->label, "%s / %s", pname, dname);
+            snprintf(c->label, sizeof c->label, "%s [%s] / %s", pname, pvendor, dname);
         }
     }
     return count;
@@ -459,7 +464,7 @@ static int contains_nocase(const char *hay, const char *needle)
 }
 
 /* The library's EFL_DEVICE syntax: "P:D", "P" (here: every device of platform P), or a
- * case-insensitive substring of "platform / device" (here: every device that matches). */
+ * case-insensitive substring of "platform [vendor] / device" (here: every device that matches). */
 static int selected(const candidate *c, const char *sel)
 {
     unsigned p, d;
@@ -541,17 +546,18 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: efl-bench [--device SEL | --default] [--quick | --cases LIST] [--json FILE] [--csv FILE]\n"
-            "                 [--min-time S]\n"
+            "                 [--min-time S] [--wall]\n"
             "  --device SEL  devices to run on (default: $EFL_DEVICE, else every device of every platform):\n"
             "                \"P:D\" indices, \"P\" (every device of platform P), or a case-insensitive\n"
-            "                substring of \"platform / device\" (every device that matches)\n"
+            "                substring of \"platform [vendor] / device\" (every device that matches)\n"
             "  --default     only the device efl_context_create_default picks\n"
             "  --quick       only the lvis and coco cases\n"
             "  --cases LIST  comma-separated, from: lvis (90000 x 1203, step and forward), coco (90000 x 80),\n"
             "                coco-360k (360000 x 80), openimages (50000 x 500), sweep (N = 1000 .. 400000 at\n"
             "                C = 1203), all (the default)\n"
             "  --json FILE, --csv FILE  also write the results there\n"
-            "  --min-time S  time each case for about S seconds, at least 3 steps (default 0.5)\n");
+            "  --min-time S  time each case for about S seconds, at least 3 steps (default 0.5)\n"
+            "  --wall        time steps by the wall clock (clFinish) even where device events work\n");
 }
 
 static int add_cases(options *opt, const char *list)
@@ -600,6 +606,8 @@ int main(int argc, char **argv)
             opt.device_sel = argv[++i];
         else if (strcmp(a, "--default") == 0)
             opt.use_default = 1;
+        else if (strcmp(a, "--wall") == 0)
+            opt.force_wall = 1;
         else if (strcmp(a, "--quick") == 0)
             cases = "lvis,coco";
         else if (strcmp(a, "--cases") == 0 && has_val)

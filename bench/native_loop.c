@@ -75,7 +75,9 @@ static double step(const float *restrict x, const int32_t *restrict labels, floa
                 const float r = 1.0f / (1.0f + e);
                 const float p_t = z >= 0.0f ? r : e * r;
                 const float q = z >= 0.0f ? e * r : r;
-                const float qg = expf(-gamma[j] * sp_pos);
+                /* clamped as the kernel clamps (it flushes below 2^-126): keeps the vector expf off its
+                 * scalar fallback for out-of-range lanes */
+                const float qg = expf(fmaxf(-gamma[j] * sp_pos, -87.0f));
                 const float aw = (t ? alpha : 1.0f - alpha) * w[j] * qg;
                 const float d = aw * (gamma[j] * p_t * sp_neg + q) * scale;
                 const float g = t ? -d : d;

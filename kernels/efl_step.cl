@@ -38,14 +38,20 @@ void efl_step(__global const float *restrict x, __global const int *restrict lab
     const floatV aw_neg = alpha_neg * w;
 
     const uint r0 = b * rows_per_block;
+#if EFL_ROW_BARRIER
+    /* every work-item meets every barrier; one wholly in the padding counts nothing (own) */
+    const uint r1 = min(r0 + rows_per_block, n);
+#else
     /* work-items wholly in the padding run no rows (a loop bound, not an early return, which
      * stops some runtimes from vectorising) */
     const uint r1 = own0 < C ? min(r0 + rows_per_block, n) : r0;
+#endif
 
     floatV pos = 0.0f, pos_c = 0.0f, neg = 0.0f, neg_c = 0.0f, ls = 0.0f, ls_c = 0.0f;
     uint bad = 0u;
     /* Each row's terms form a long dependent chain; unrolling (EFL_UNROLL, per device) lets a
-     * CPU overlap several rows' chains. */
+     * CPU overlap several rows' chains (with EFL_ROW_BARRIER the work-items' chains overlap
+     * instead). */
     EFL_PRAGMA(unroll EFL_UNROLL)
     for (uint r = r0; r < r1; ++r) {
         float valid;
@@ -62,6 +68,14 @@ void efl_step(__global const float *restrict x, __global const int *restrict lab
         efl_kahan_add(&pos, &pos_c, is_pos ? ag : 0.0f);
         efl_kahan_add(&neg, &neg_c, is_pos ? 0.0f : ag);
         efl_kahan_add(&ls, &ls_c, (own && valid != 0.0f) ? l : 0.0f);
+#if EFL_ROW_BARRIER
+        /* CPU runtimes run a work-group as a loop over its work-items; a barrier here puts that
+         * loop inside the row loop, so the group sweeps each row left to right and the
+         * hardware prefetcher sees a sequential stream instead of one load per row per
+         * work-item at a stride of C * 4 bytes (too long for stride prefetchers above ~2 KB:
+         * 1.4x at C = 1203) */
+        barrier(CLK_GLOBAL_MEM_FENCE);
+#endif
     }
 
     /* partials at the columns this work-item owns; a shifted chunk stores lane by lane */

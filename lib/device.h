@@ -30,6 +30,7 @@ typedef struct {
     int fp64;          /* accumulate in double */
     int fma;           /* hardware fma: the exponent's product is compensated */
     unsigned unroll;   /* unroll factor of the step's row loop */
+    int row_barrier;   /* the work-group sweeps each row together (CPU prefetchers) */
 } efl_kernel_params;
 
 efl_status efl_device_query(cl_device_id dev, efl_device_info *info, cl_int *err);

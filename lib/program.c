@@ -27,7 +27,11 @@ static void log_build(efl_context *ctx, cl_program prog, const char *options)
         return;
     if (clGetProgramBuildInfo(prog, ctx->device, CL_PROGRAM_BUILD_LOG, size, text, NULL) == CL_SUCCESS) {
         text[size] = '\0';
-        efl_log_locked(ctx, "build log (%s):\n%s", options, text);
+        const char *p = text;
+        while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')
+            ++p;
+        if (*p)
+            efl_log_locked(ctx, "build log (%s):\n%s", options, text);
     }
     free(text);
 }
@@ -48,6 +52,7 @@ static efl_status build(efl_context *ctx, const char *options, cl_program *out)
         return err == CL_OUT_OF_HOST_MEMORY || err == CL_OUT_OF_RESOURCES ? EFL_ERROR_OUT_OF_MEMORY
                                                                           : EFL_ERROR_BUILD_FAILED;
     }
+    log_build(ctx, prog, options); /* warnings, if the compiler left any */
     *out = prog;
     return EFL_OK;
 }
