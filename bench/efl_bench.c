@@ -10,7 +10,6 @@
  * logits read, the gradient written and the labels read: N*C*4 + N*C*4 + N*4.
  */
 #define _POSIX_C_SOURCE 200809L
-#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -410,72 +409,6 @@ static int run_device(cl_context cl, cl_device_id dev, const options *opt, devic
     return rc;
 }
 
-/* ------------------------------------------------------------------ device selection */
-typedef struct {
-    cl_platform_id platform;
-    cl_device_id device;
-    unsigned pi, di;
-    char label[800]; /* "platform [vendor] / device", as the library matches EFL_DEVICE */
-} candidate;
-
-static size_t list_devices(candidate *out, size_t max)
-{
-    cl_uint np = 0;
-    cl_platform_id plats[32];
-    if (clGetPlatformIDs(0, NULL, &np) != CL_SUCCESS || np == 0)
-        return 0;
-    if (np > 32)
-        np = 32;
-    if (clGetPlatformIDs(np, plats, NULL) != CL_SUCCESS)
-        return 0;
-    size_t count = 0;
-    for (cl_uint p = 0; p < np; ++p) {
-        cl_uint nd = 0;
-        cl_device_id devs[32];
-        if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, 32, devs, &nd) != CL_SUCCESS)
-            continue; /* a platform that fails or lists nothing is skipped */
-        char pname[256] = "", pvendor[256] = "", dname[256];
-        clGetPlatformInfo(plats[p], CL_PLATFORM_NAME, sizeof pname - 1, pname, NULL);
-        clGetPlatformInfo(plats[p], CL_PLATFORM_VENDOR, sizeof pvendor - 1, pvendor, NULL);
-        for (cl_uint d = 0; d < nd && d < 32 && count < max; ++d) {
-            candidate *c = &out[count++];
-            c->platform = plats[p];
-            c->device = devs[d];
-            c->pi = p;
-            c->di = d;
-            get_str(devs[d], CL_DEVICE_NAME, dname, sizeof dname);
-            snprintf(c->label, sizeof c->label, "%s [%s] / %s", pname, pvendor, dname);
-        }
-    }
-    return count;
-}
-
-static int contains_nocase(const char *hay, const char *needle)
-{
-    const size_t n = strlen(needle);
-    for (; *hay; ++hay) {
-        size_t i = 0;
-        while (i < n && hay[i] && tolower((unsigned char)hay[i]) == tolower((unsigned char)needle[i]))
-            ++i;
-        if (i == n)
-            return 1;
-    }
-    return n == 0;
-}
-
-/* The library's EFL_DEVICE syntax: "P:D", "P" (here: every device of platform P), or a
- * case-insensitive substring of "platform [vendor] / device" (here: every device that matches). */
-static int selected(const candidate *c, const char *sel)
-{
-    unsigned p, d;
-    char tail;
-    if (sscanf(sel, "%u:%u%c", &p, &d, &tail) == 2)
-        return c->pi == p && c->di == d;
-    if (sscanf(sel, "%u%c", &p, &tail) == 1)
-        return c->pi == p;
-    return contains_nocase(c->label, sel);
-}
-
 /* ------------------------------------------------------------------ output */
 static void json_string(FILE *f, const char *s)
 {
@@ -661,22 +594,24 @@ int main(int argc, char **argv)
         nres += !failed;
         clReleaseContext(cl);
     } else {
-        candidate cands[64];
-        const size_t count = list_devices(cands, 64);
+        cl_device_id devs[64]; /* as many as results[] holds */
+        const size_t count = efl_devices_matching(opt.device_sel, devs, 64);
         size_t ran = 0;
-        for (size_t i = 0; i < count; ++i) {
-            if (opt.device_sel && !selected(&cands[i], opt.device_sel))
-                continue;
+        for (size_t i = 0; i < count && i < 64; ++i) {
+            char label[900];
+            efl_device_describe(devs[i], label, sizeof label);
+            cl_platform_id plat = NULL;
+            clGetDeviceInfo(devs[i], CL_DEVICE_PLATFORM, sizeof plat, &plat, NULL);
             ++ran;
-            cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)cands[i].platform, 0};
+            cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)plat, 0};
             cl_int err = CL_SUCCESS;
-            cl_context cl = clCreateContext(props, 1, &cands[i].device, NULL, NULL, &err);
+            cl_context cl = clCreateContext(props, 1, &devs[i], NULL, NULL, &err);
             if (err != CL_SUCCESS) {
-                cl_fail("clCreateContext", cands[i].label, err);
+                cl_fail("clCreateContext", label, err);
                 failed = 1;
                 continue;
             }
-            if (run_device(cl, cands[i].device, &opt, &results[nres]) == 0)
+            if (run_device(cl, devs[i], &opt, &results[nres]) == 0)
                 ++nres;
             else
                 failed = 1;

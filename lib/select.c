@@ -1,4 +1,4 @@
-/* efl_context_create_default: find a device on our own (EFL_DEVICE, else first GPU, else CPU). */
+/* Finding devices: EFL_DEVICE selectors, efl_devices_matching, efl_context_create_default. */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +14,8 @@ typedef struct {
     char label[800]; /* "platform [vendor] / device" */
 } candidate;
 
+enum { MAX_PLATFORMS = 32, MAX_DEVICES = 32, MAX_CANDIDATES = 256 };
+
 /* Every device of every platform that answers; a platform that fails or lists nothing is
  * skipped, so a broken platform 0 does not hide working ones. */
 static size_t list_devices(candidate *out, size_t max)
@@ -21,19 +23,19 @@ static size_t list_devices(candidate *out, size_t max)
     cl_uint np = 0;
     if (clGetPlatformIDs(0, NULL, &np) != CL_SUCCESS || np == 0)
         return 0;
-    cl_platform_id plats[32];
-    if (np > 32)
-        np = 32;
+    cl_platform_id plats[MAX_PLATFORMS];
+    if (np > MAX_PLATFORMS)
+        np = MAX_PLATFORMS;
     if (clGetPlatformIDs(np, plats, NULL) != CL_SUCCESS)
         return 0;
     size_t count = 0;
     for (cl_uint p = 0; p < np; ++p) {
         cl_uint nd = 0;
-        cl_device_id devs[32];
-        if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, 32, devs, &nd) != CL_SUCCESS)
+        cl_device_id devs[MAX_DEVICES];
+        if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, MAX_DEVICES, devs, &nd) != CL_SUCCESS)
             continue;
-        if (nd > 32)
-            nd = 32;
+        if (nd > MAX_DEVICES)
+            nd = MAX_DEVICES;
         char pname[256] = "", pvendor[256] = "", dname[256] = "";
         clGetPlatformInfo(plats[p], CL_PLATFORM_NAME, sizeof pname - 1, pname, NULL);
         clGetPlatformInfo(plats[p], CL_PLATFORM_VENDOR, sizeof pvendor - 1, pvendor, NULL);
@@ -66,27 +68,56 @@ static int contains_nocase(const char *hay, const char *needle)
     return n == 0;
 }
 
-/* "P:D", or "P" (first device of platform P), else a name substring. -1: nothing matched. */
-static int match(const candidate *c, size_t count, const char *sel)
+/* Does the selector ("P:D", "P", or a name substring; NULL/"" = any) take this device? */
+static int matches(const candidate *c, const char *sel)
 {
     unsigned p, d;
     char tail;
-    if (sscanf(sel, "%u:%u%c", &p, &d, &tail) == 2) {
-        for (size_t i = 0; i < count; ++i)
-            if (c[i].pi == p && c[i].di == d)
-                return (int)i;
-        return -1;
+    if (!sel || !*sel)
+        return 1;
+    if (sscanf(sel, "%u:%u%c", &p, &d, &tail) == 2)
+        return c->pi == p && c->di == d;
+    if (sscanf(sel, "%u%c", &p, &tail) == 1)
+        return c->pi == p;
+    return contains_nocase(c->label, sel);
+}
+
+size_t efl_devices_matching(const char *selector, cl_device_id *devices, size_t max)
+{
+    candidate *cands = malloc(MAX_CANDIDATES * sizeof *cands);
+    if (!cands)
+        return 0;
+    const size_t count = list_devices(cands, MAX_CANDIDATES);
+    size_t found = 0;
+    for (size_t i = 0; i < count; ++i) {
+        if (!matches(&cands[i], selector))
+            continue;
+        if (devices && found < max)
+            devices[found] = cands[i].device;
+        ++found;
     }
-    if (sscanf(sel, "%u%c", &p, &tail) == 1) {
+    free(cands);
+    return found;
+}
+
+size_t efl_device_describe(cl_device_id device, char *buf, size_t size)
+{
+    candidate *cands = malloc(MAX_CANDIDATES * sizeof *cands);
+    char text[900] = "unknown device";
+    if (cands) {
+        const size_t count = list_devices(cands, MAX_CANDIDATES);
         for (size_t i = 0; i < count; ++i)
-            if (c[i].pi == p)
-                return (int)i;
-        return -1;
+            if (cands[i].device == device)
+                snprintf(text, sizeof text, "%u:%u %s", cands[i].pi, cands[i].di, cands[i].label);
+        free(cands);
     }
-    for (size_t i = 0; i < count; ++i)
-        if (contains_nocase(c[i].label, sel))
-            return (int)i;
-    return -1;
+    const size_t len = strlen(text);
+    if (buf && size) {
+        const size_t n = len < size - 1 ? len : size - 1;
+        memcpy(buf, text, n);
+        buf[n] = '\0';
+    }
+    return len;
 }
 
 efl_status efl_context_create_default(efl_context **out)
@@ -94,34 +125,44 @@ efl_status efl_context_create_default(efl_context **out)
     if (!out)
         return EFL_ERROR_NULL_HANDLE;
     *out = NULL;
-    candidate cands[64];
-    size_t count = list_devices(cands, 64);
-    if (count == 0)
+    candidate *cands = malloc(MAX_CANDIDATES * sizeof *cands);
+    if (!cands)
+        return EFL_ERROR_OUT_OF_MEMORY;
+    const size_t count = list_devices(cands, MAX_CANDIDATES);
+    if (count == 0) {
+        free(cands);
         return EFL_ERROR_NO_DEVICE;
-
-    int pick = -1;
-    const char *sel = getenv("EFL_DEVICE");
-    if (sel && *sel) {
-        pick = match(cands, count, sel);
-        if (pick < 0)
-            return EFL_ERROR_DEVICE_NOT_FOUND;
-    } else {
-        static const cl_device_type order[] = {CL_DEVICE_TYPE_GPU, CL_DEVICE_TYPE_CPU, CL_DEVICE_TYPE_ALL};
-        for (int o = 0; o < 3 && pick < 0; ++o)
-            for (size_t i = 0; i < count && pick < 0; ++i)
-                if (cands[i].type & order[o])
-                    pick = (int)i;
     }
 
-    cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)cands[pick].platform, 0};
+    size_t pick = count;
+    const char *sel = getenv("EFL_DEVICE");
+    if (sel && *sel) {
+        for (size_t i = 0; i < count && pick == count; ++i)
+            if (matches(&cands[i], sel))
+                pick = i;
+        if (pick == count) {
+            free(cands);
+            return EFL_ERROR_DEVICE_NOT_FOUND;
+        }
+    } else {
+        static const cl_device_type order[] = {CL_DEVICE_TYPE_GPU, CL_DEVICE_TYPE_CPU, CL_DEVICE_TYPE_ALL};
+        for (int o = 0; o < 3 && pick == count; ++o)
+            for (size_t i = 0; i < count && pick == count; ++i)
+                if (cands[i].type & order[o])
+                    pick = i;
+    }
+
+    const candidate c = cands[pick];
+    free(cands);
+    cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)c.platform, 0};
     cl_int err = CL_SUCCESS;
-    cl_context cl = clCreateContext(props, 1, &cands[pick].device, NULL, NULL, &err);
+    cl_context cl = clCreateContext(props, 1, &c.device, NULL, NULL, &err);
     if (err != CL_SUCCESS)
         return err == CL_OUT_OF_HOST_MEMORY ? EFL_ERROR_OUT_OF_MEMORY : EFL_ERROR_OPENCL;
-    efl_status st = efl_context_create(cl, cands[pick].device, out);
+    efl_status st = efl_context_create(cl, c.device, out);
     clReleaseContext(cl); /* the efl_context holds its own reference */
     if (st == EFL_OK)
-        efl_log(*out, "picked %u:%u %s%s%s", cands[pick].pi, cands[pick].di, cands[pick].label,
+        efl_log(*out, "picked %u:%u %s%s%s", c.pi, c.di, c.label,
                 sel && *sel ? " by EFL_DEVICE=" : " (default: first GPU, else CPU)", sel && *sel ? sel : "");
     return st;
 }

@@ -93,6 +93,28 @@ static cl_int chain_kernel(chain *ch, cl_kernel k, cl_uint dims, const size_t *g
     return err;
 }
 
+/* Arguments of efl_apply (kernels/efl_apply.cl) for one mode. */
+static cl_int set_apply_args(efl_loss *loss, cl_mem loss_out, float scale, cl_int mode)
+{
+    const cl_uint cc = loss->cfg.num_classes, cpad = loss->cpad;
+    const float gamma_b = loss->cfg.gamma, s = loss->cfg.scale_factor;
+    cl_kernel k = loss->k_apply;
+    cl_int err = CL_SUCCESS;
+    ARG(k, 0, loss->step_stats);
+    ARG(k, 1, loss->step_flags);
+    ARG(k, 2, cpad);
+    ARG(k, 3, loss->state);
+    ARG(k, 4, loss->table);
+    ARG(k, 5, loss_out);
+    ARG(k, 6, loss->info);
+    ARG(k, 7, cc);
+    ARG(k, 8, gamma_b);
+    ARG(k, 9, s);
+    ARG(k, 10, scale);
+    ARG(k, 11, mode);
+    return err;
+}
+
 static efl_status enqueue(efl_loss *loss, cl_command_queue queue, cl_mem logits, cl_mem labels, size_t n,
                           float normalizer, efl_reduction reduction, cl_mem loss_out, cl_mem grad, int is_step,
                           cl_uint nwait, const cl_event *wait, cl_event *event)
@@ -189,23 +211,10 @@ static efl_status enqueue(efl_loss *loss, cl_command_queue queue, cl_mem logits,
     {
         /* n == 0: loss 0 and no state change, so the state update is not run at all. */
         const cl_int mode = is_step && n > 0 ? EFL_APPLY_STEP : EFL_APPLY_FORWARD;
-        const float gamma_b = loss->cfg.gamma, s = loss->cfg.scale_factor;
-        cl_kernel k = loss->k_apply;
-        ARG(k, 0, loss->step_stats);
-        ARG(k, 1, loss->step_flags);
-        ARG(k, 2, cpad);
-        ARG(k, 3, loss->state);
-        ARG(k, 4, loss->table);
-        ARG(k, 5, loss_out);
-        ARG(k, 6, loss->info);
-        ARG(k, 7, cc);
-        ARG(k, 8, gamma_b);
-        ARG(k, 9, s);
-        ARG(k, 10, scale);
-        ARG(k, 11, mode);
         const size_t global = loss->kp.apply_wg;
+        err = set_apply_args(loss, loss_out, scale, mode);
         if (err == CL_SUCCESS)
-            err = chain_kernel(&ch, k, 1, &global, &global, 1, event);
+            err = chain_kernel(&ch, loss->k_apply, 1, &global, &global, 1, event);
         if (err != CL_SUCCESS)
             return efl_cl_fail(loss->ctx, err);
     }
@@ -231,26 +240,11 @@ efl_status efl_enqueue_forward(efl_loss *loss, cl_command_queue queue, cl_mem lo
 /* The table from the state, after the host wrote or reset it. */
 efl_status efl_refresh_table(efl_loss *loss, cl_command_queue queue)
 {
-    const cl_uint cc = loss->cfg.num_classes, cpad = loss->cpad;
-    const cl_int mode = EFL_APPLY_REFRESH;
-    const float gamma_b = loss->cfg.gamma, s = loss->cfg.scale_factor, one = 1.0f;
-    cl_int err = CL_SUCCESS;
-    cl_kernel k = loss->k_apply;
-    ARG(k, 0, loss->step_stats);
-    ARG(k, 1, loss->step_flags);
-    ARG(k, 2, cpad);
-    ARG(k, 3, loss->state);
-    ARG(k, 4, loss->table);
-    ARG(k, 5, loss->info); /* not written in refresh mode */
-    ARG(k, 6, loss->info);
-    ARG(k, 7, cc);
-    ARG(k, 8, gamma_b);
-    ARG(k, 9, s);
-    ARG(k, 10, one);
-    ARG(k, 11, mode);
     const size_t global = loss->kp.apply_wg;
+    /* refresh mode writes no loss: info stands in for the loss buffer */
+    cl_int err = set_apply_args(loss, loss->info, 1.0f, EFL_APPLY_REFRESH);
     if (err == CL_SUCCESS)
-        err = clEnqueueNDRangeKernel(queue, k, 1, NULL, &global, &global, 0, NULL, NULL);
+        err = clEnqueueNDRangeKernel(queue, loss->k_apply, 1, NULL, &global, &global, 0, NULL, NULL);
     return err == CL_SUCCESS ? EFL_OK : efl_cl_fail(loss->ctx, err);
 }
 

@@ -68,6 +68,21 @@ static void test_selection(void)
         unsetenv("EFL_DEVICE");
     }
     free(keep);
+    /* listing: the test's device is among all devices, its "P:D" selects exactly it */
+    cl_device_id devs[64];
+    const size_t all = efl_devices_matching(NULL, devs, 64);
+    int seen = 0;
+    for (size_t i = 0; i < all && i < 64; ++i)
+        seen |= devs[i] == E.dev;
+    CHECK(all >= 1 && seen);
+    CHECK(efl_devices_matching("no-such-device-xyz", devs, 64) == 0);
+    char label[900], pd[32];
+    const size_t len = efl_device_describe(E.dev, label, sizeof label);
+    CHECK_MSG(len > 0 && strstr(label, E.device_name) != NULL, "describe: '%s'", label);
+    if (sscanf(label, "%31s", pd) == 1) {
+        cl_device_id one = NULL;
+        CHECK(efl_devices_matching(pd, &one, 1) == 1 && one == E.dev);
+    }
     CHECK_STATUS(efl_context_create(NULL, E.dev, &ctx), EFL_ERROR_NULL_HANDLE);
     CHECK_STATUS(efl_context_create(E.cl, E.dev, NULL), EFL_ERROR_NULL_HANDLE);
     tu_end();

@@ -106,6 +106,17 @@ EFL_API efl_status efl_context_create(cl_context context, cl_device_id device, e
  * device, skipping platforms that fail or list no device. */
 EFL_API efl_status efl_context_create_default(efl_context **out);
 
+/* The devices a selector in EFL_DEVICE's syntax matches, over every platform that answers, in
+ * platform then device order: "P:D" one device, "P" every device of platform P, other text
+ * every device whose "platform [vendor] / device" contains it (case-insensitive); NULL or ""
+ * every device. Writes up to max of them to devices (NULL with max 0 just counts) and returns
+ * how many matched. A multi-device program (efl-bench) lists its devices with it. */
+EFL_API size_t efl_devices_matching(const char *selector, cl_device_id *devices, size_t max);
+
+/* "P:D platform [vendor] / device name" for a device (what selectors match), NUL-terminated and
+ * truncated to size; returns the full length. */
+EFL_API size_t efl_device_describe(cl_device_id device, char *buf, size_t size);
+
 /* Accepts NULL. Losses created on the context must be destroyed first. */
 EFL_API void efl_context_destroy(efl_context *ctx);
 
