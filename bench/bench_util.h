@@ -67,6 +67,7 @@ typedef struct {
     double read_gbps; /* read bytes / s */
     size_t bytes;     /* buffer size used */
     int wall_clock;   /* 1: the device's events give no usable time: time it by the wall clock */
+    double empty_roundtrip_s; /* median enqueue-to-clFinish wall time of an empty kernel */
 } bench_ceilings;
 
 cl_int bench_measure_ceilings(cl_context ctx, cl_device_id dev, cl_command_queue q, size_t bytes, double min_time,

@@ -34,7 +34,10 @@ static const char *ceiling_src =
     "    }\n"
     "    const float4 s = (s0 + s1) + (s2 + s3);\n"
     "    out[get_global_id(0)] = (s.x + s.y) + (s.z + s.w);\n"
-    "}\n";
+    "}\n"
+    "\n"
+    "/* Does nothing: its enqueue-to-finish time is the floor under any small step. */\n"
+    "__kernel void bench_empty(__global float *unused) { }\n";
 
 /* Median seconds of one kernel launch, from its event (0 where the device reports no time) and
  * from the wall clock around clFinish. */
@@ -85,7 +88,7 @@ cl_int bench_measure_ceilings(cl_context ctx, cl_device_id dev, cl_command_queue
     out->bytes = bytes;
     cl_int err = CL_SUCCESS, e2 = CL_SUCCESS;
     cl_program prog = NULL;
-    cl_kernel kcopy = NULL, kread = NULL;
+    cl_kernel kcopy = NULL, kread = NULL, kempty = NULL;
     cl_mem a = NULL, b = NULL, small = NULL;
     float *tile = NULL;
 
@@ -99,6 +102,8 @@ cl_int bench_measure_ceilings(cl_context ctx, cl_device_id dev, cl_command_queue
         kcopy = clCreateKernel(prog, "bench_copy", &err);
         if (err == CL_SUCCESS)
             kread = clCreateKernel(prog, "bench_read", &err);
+        if (err == CL_SUCCESS)
+            kempty = clCreateKernel(prog, "bench_empty", &err);
         if (err != CL_SUCCESS)
             *what = "clCreateKernel";
     }
@@ -134,6 +139,7 @@ cl_int bench_measure_ceilings(cl_context ctx, cl_device_id dev, cl_command_queue
     TRY(clSetKernelArg(kcopy, 1, sizeof b, &b), "clSetKernelArg");
     TRY(clSetKernelArg(kread, 0, sizeof b, &b), "clSetKernelArg");
     TRY(clSetKernelArg(kread, 1, sizeof small, &small), "clSetKernelArg");
+    TRY(clSetKernelArg(kempty, 0, sizeof small, &small), "clSetKernelArg");
     double tc = 0.0, tr = 0.0, wc = 0.0, wr = 0.0;
     size_t wg = READ_WG, max_wg = 0;
     clGetDeviceInfo(dev, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof max_wg, &max_wg, NULL);
@@ -141,6 +147,9 @@ cl_int bench_measure_ceilings(cl_context ctx, cl_device_id dev, cl_command_queue
     /* any group size covers the buffer exactly (global * READ_PER_ITEM float4s) */
     TRY(time_kernel(q, kread, bytes / 16 / READ_PER_ITEM, max_wg >= wg ? &wg : NULL, min_time, &tr, &wr),
         "read kernel");
+    double te_unused = 0.0;
+    const size_t one = 1;
+    TRY(time_kernel(q, kempty, 1, &one, min_time, &te_unused, &out->empty_roundtrip_s), "empty kernel");
     /* A copy of this size runs for milliseconds: a real device timer gives about the wall time.
      * rusticl returns tiny constant timestamps (2, 3 ns): such a device is timed by the wall. */
     out->wall_clock = !(tc >= 0.5 * wc && tr > 0.0);
@@ -162,6 +171,8 @@ cl_int bench_measure_ceilings(cl_context ctx, cl_device_id dev, cl_command_queue
         clReleaseMemObject(a);
     if (kread)
         clReleaseKernel(kread);
+    if (kempty)
+        clReleaseKernel(kempty);
     if (kcopy)
         clReleaseKernel(kcopy);
     if (prog)

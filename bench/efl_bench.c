@@ -52,6 +52,7 @@ typedef struct {
     cl_device_type type;
     cl_ulong max_alloc, global_mem;
     double copy_gbps, read_gbps, first_call_s;
+    double empty_roundtrip_s, small_step_s; /* wall clock, enqueue to clFinish */
     size_t ceiling_bytes;
     int ceiling_wall;
     result_row rows[MAX_ROWS];
@@ -64,6 +65,7 @@ typedef struct {
     const char *json_path, *csv_path;
     double min_time;
     int force_wall; /* --wall */
+    int tune;       /* --tune */
     case_def cases[MAX_CASES];
     char sweep_names[NUM_SWEEP][32];
     size_t ncases;
@@ -237,6 +239,32 @@ static void get_str(cl_device_id dev, cl_device_info what, char *buf, size_t siz
 
 static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
 
+/* A small step's latency: what a training loop waits for when the batch is tiny. Wall clock,
+ * enqueue to clFinish, set against the same for an empty kernel. */
+static int small_step(efl_context *ectx, cl_command_queue q, const buffers *b, const char *dn, const options *opt,
+                      device_result *out)
+{
+    enum { SMALL_N = 1000, SMALL_C = 80 };
+    efl_loss *loss = NULL;
+    efl_loss_config cfg;
+    efl_loss_config_init(&cfg, SMALL_C);
+    efl_status st = efl_loss_create(ectx, &cfg, &loss);
+    if (st != EFL_OK)
+        return efl_fail("efl_loss_create", dn, st, ectx);
+    cl_int err = write_labels(q, b->labels, SMALL_N, SMALL_C);
+    int rc = err != CL_SUCCESS ? cl_fail("writing the labels", dn, err) : 0;
+    int wall = 1;
+    if (rc == 0)
+        rc = time_op(ectx, loss, q, b, SMALL_N, 0, opt->min_time, 1, dn, &out->small_step_s, &wall);
+    efl_loss_destroy(loss);
+    if (rc == 0)
+        printf("   small step (N=%d, C=%d) enqueue-to-finish: %.1f us = %.2f x the empty kernel's %.1f us\n", SMALL_N,
+               SMALL_C, out->small_step_s * 1e6,
+               out->empty_roundtrip_s > 0.0 ? out->small_step_s / out->empty_roundtrip_s : 0.0,
+               out->empty_roundtrip_s * 1e6);
+    return rc;
+}
+
 static int run_device(cl_context cl, cl_device_id dev, const options *opt, device_result *out)
 {
     memset(out, 0, sizeof *out);
@@ -335,8 +363,11 @@ static int run_device(cl_context cl, cl_device_id dev, const options *opt, devic
             out->read_gbps = cc.read_gbps;
             out->ceiling_bytes = cc.bytes;
             out->ceiling_wall = cc.wall_clock;
-            printf("   ceilings (%.0f MiB buffers%s): copy %.2f GB/s, read %.2f GB/s\n", (double)cc.bytes / 1048576.0,
-                   cc.wall_clock ? ", wall clock" : "", cc.copy_gbps, cc.read_gbps);
+            out->empty_roundtrip_s = cc.empty_roundtrip_s;
+            printf("   ceilings (%.0f MiB buffers%s): copy %.2f GB/s, read %.2f GB/s; empty kernel enqueue-to-finish "
+                   "%.1f us\n",
+                   (double)cc.bytes / 1048576.0, cc.wall_clock ? ", wall clock" : "", cc.copy_gbps, cc.read_gbps,
+                   cc.empty_roundtrip_s * 1e6);
         }
     }
 
@@ -396,6 +427,8 @@ static int run_device(cl_context cl, cl_device_id dev, const options *opt, devic
         }
         efl_loss_destroy(loss);
     }
+    if (rc == 0)
+        rc = small_step(ectx, q, &b, dn, opt, out);
     efl_context_destroy(ectx);
     if (b.loss_out)
         clReleaseMemObject(b.loss_out);
@@ -405,6 +438,122 @@ static int run_device(cl_context cl, cl_device_id dev, const options *opt, devic
         clReleaseMemObject(b.grad);
     if (b.logits)
         clReleaseMemObject(b.logits);
+    clReleaseCommandQueue(q);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ --tune */
+/* One timed configuration: EFL_TUNE (NULL: the library's own heuristic). Returns G elements/s,
+ * or a negative value if the loss could not be built or stepped with it. */
+static double tune_one(efl_context *ectx, cl_command_queue q, const buffers *b, size_t n, uint32_t C,
+                       const char *tune, const options *opt, const char *dn)
+{
+    if (tune)
+        setenv("EFL_TUNE", tune, 1);
+    else
+        unsetenv("EFL_TUNE");
+    efl_loss *loss = NULL;
+    efl_loss_config cfg;
+    efl_loss_config_init(&cfg, C);
+    efl_status st = efl_loss_create(ectx, &cfg, &loss);
+    unsetenv("EFL_TUNE");
+    if (st != EFL_OK)
+        return -1.0;
+    double median = 0.0;
+    int wall = 0;
+    const int rc = time_op(ectx, loss, q, b, n, 0, opt->min_time, opt->force_wall, dn, &median, &wall);
+    efl_loss_destroy(loss);
+    return rc == 0 && median > 0.0 ? (double)n * C / median / 1e9 : -1.0;
+}
+
+/* Searches the launch parameters the library's heuristic (lib/device.c) chooses from, on this
+ * device, at the first selected case's shape, and prints the best as an EFL_TUNE string. */
+static int tune_device(cl_context cl, cl_device_id dev, const options *opt)
+{
+    char name[256];
+    get_str(dev, CL_DEVICE_NAME, name, sizeof name);
+    cl_device_type type = 0;
+    cl_ulong max_alloc = 0, global_mem = 0;
+    clGetDeviceInfo(dev, CL_DEVICE_TYPE, sizeof type, &type, NULL);
+    clGetDeviceInfo(dev, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof max_alloc, &max_alloc, NULL);
+    clGetDeviceInfo(dev, CL_DEVICE_GLOBAL_MEM_SIZE, sizeof global_mem, &global_mem, NULL);
+    const case_def cs = opt->ncases ? opt->cases[0] : named_cases[0];
+    const size_t fit = min_size((size_t)max_alloc, (size_t)(global_mem / 3)) / (2 * sizeof(float) * cs.c);
+    const size_t n = min_size(cs.n, fit);
+    printf("\n== --tune on %s: %s, N=%zu C=%u\n", name, cs.name, n, cs.c);
+
+    cl_int err = CL_SUCCESS, e[4];
+    cl_command_queue q = clCreateCommandQueue(cl, dev, CL_QUEUE_PROFILING_ENABLE, &err);
+    if (err != CL_SUCCESS)
+        return cl_fail("clCreateCommandQueue", name, err);
+    buffers b;
+    b.logits = clCreateBuffer(cl, CL_MEM_READ_ONLY, n * cs.c * sizeof(float), NULL, &e[0]);
+    b.grad = clCreateBuffer(cl, CL_MEM_READ_WRITE, n * cs.c * sizeof(float), NULL, &e[1]);
+    b.labels = clCreateBuffer(cl, CL_MEM_READ_ONLY, n * sizeof(cl_int), NULL, &e[2]);
+    b.loss_out = clCreateBuffer(cl, CL_MEM_READ_WRITE, sizeof(float), NULL, &e[3]);
+    int rc = 0;
+    for (int i = 0; i < 4 && rc == 0; ++i)
+        if (e[i] != CL_SUCCESS)
+            rc = cl_fail("clCreateBuffer", name, e[i]);
+    if (rc == 0 && ((err = fill_logits(q, b.logits, n * cs.c)) != CL_SUCCESS ||
+                    (err = write_labels(q, b.labels, n, cs.c)) != CL_SUCCESS))
+        rc = cl_fail("writing the inputs", name, err);
+    efl_context *ectx = NULL;
+    efl_status st = rc == 0 ? efl_context_create(cl, dev, &ectx) : EFL_OK;
+    if (st != EFL_OK)
+        rc = efl_fail("efl_context_create", name, st, ectx);
+
+    /* The candidates: what lib/device.c chooses between, around its own choice. */
+    char cand[160][96];
+    size_t ncand = 0;
+    static const unsigned rows_cpu[] = {64, 128, 256, 512, 1024}, rows_gpu[] = {16, 32, 64, 128, 256, 512};
+    if (type & CL_DEVICE_TYPE_CPU) {
+        static const unsigned vws[] = {8, 16};
+        for (size_t v = 0; v < 2; ++v) {
+            const unsigned chunks = (cs.c + vws[v] - 1) / vws[v];
+            const unsigned wgx_bar[] = {chunks, (chunks + 1) / 2, (chunks + 3) / 4};
+            for (size_t r = 0; r < sizeof rows_cpu / sizeof *rows_cpu; ++r) {
+                for (size_t w = 0; w < 3; ++w)
+                    if (w == 0 || wgx_bar[w] != wgx_bar[w - 1])
+                        snprintf(cand[ncand++], sizeof cand[0], "vw=%u,barrier=1,wgx=%u,unroll=1,rows=%u", vws[v],
+                                 wgx_bar[w], rows_cpu[r]);
+                for (unsigned u = 1; u <= 4; u *= 4)
+                    snprintf(cand[ncand++], sizeof cand[0], "vw=%u,barrier=0,wgx=1,unroll=%u,rows=%u", vws[v], u,
+                             rows_cpu[r]);
+            }
+        }
+    } else {
+        static const unsigned wgxs[] = {32, 64, 128, 256};
+        for (size_t w = 0; w < 4; ++w)
+            for (size_t r = 0; r < sizeof rows_gpu / sizeof *rows_gpu; ++r)
+                for (unsigned u = 1; u <= 2; ++u)
+                    snprintf(cand[ncand++], sizeof cand[0], "vw=1,barrier=0,wgx=%u,unroll=%u,rows=%u", wgxs[w], u,
+                             rows_gpu[r]);
+    }
+
+    double heur = -1.0, best = -1.0;
+    size_t best_i = 0;
+    for (size_t i = 0; rc == 0 && i < ncand; ++i) {
+        const double g = tune_one(ectx, q, &b, n, cs.c, cand[i], opt, name);
+        printf("   EFL_TUNE=%-39s %8.3f Gelem/s%s\n", cand[i], g, g < 0.0 ? "  (refused or failed)" : "");
+        fflush(stdout);
+        if (g > best) {
+            best = g;
+            best_i = i;
+        }
+    }
+    if (rc == 0) { /* after the search: the buffers' first-touch costs are paid by then */
+        heur = tune_one(ectx, q, &b, n, cs.c, NULL, opt, name);
+        printf("   %-48s %8.3f Gelem/s\n", "the library's heuristic (EFL_TUNE unset)", heur);
+    }
+    if (rc == 0 && best > 0.0)
+        printf("   best: EFL_TUNE=%s  %.3f Gelem/s, %.2f x the heuristic's %.3f\n", cand[best_i], best,
+               heur > 0.0 ? best / heur : 0.0, heur);
+    efl_context_destroy(ectx);
+    cl_mem bufs[4] = {b.logits, b.grad, b.labels, b.loss_out};
+    for (int i = 0; i < 4; ++i)
+        if (bufs[i])
+            clReleaseMemObject(bufs[i]);
     clReleaseCommandQueue(q);
     return rc;
 }
@@ -438,8 +587,10 @@ static int write_json(const char *path, const device_result *d, size_t nd)
         json_string(f, d[i].vendor);
         fprintf(f, ",\"platform\":");
         json_string(f, d[i].platform);
-        fprintf(f, ",\"copy_gbps\":%.6g,\"read_gbps\":%.6g,\"first_call_s\":%.6g,\"cases\":[", d[i].copy_gbps,
-                d[i].read_gbps, d[i].first_call_s);
+        fprintf(f,
+                ",\"copy_gbps\":%.6g,\"read_gbps\":%.6g,\"first_call_s\":%.6g,\"empty_roundtrip_s\":%.6g,"
+                "\"small_step_s\":%.6g,\"cases\":[",
+                d[i].copy_gbps, d[i].read_gbps, d[i].first_call_s, d[i].empty_roundtrip_s, d[i].small_step_s);
         for (size_t r = 0; r < d[i].nrows; ++r) {
             const result_row *w = &d[i].rows[r];
             fprintf(f,
@@ -479,7 +630,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: efl-bench [--device SEL | --default] [--quick | --cases LIST] [--json FILE] [--csv FILE]\n"
-            "                 [--min-time S] [--wall]\n"
+            "                 [--min-time S] [--wall] [--tune]\n"
             "  --device SEL  devices to run on (default: $EFL_DEVICE, else every device of every platform):\n"
             "                \"P:D\" indices, \"P\" (every device of platform P), or a case-insensitive\n"
             "                substring of \"platform [vendor] / device\" (every device that matches)\n"
@@ -490,7 +641,9 @@ static void usage(FILE *f)
             "                C = 1203), all (the default)\n"
             "  --json FILE, --csv FILE  also write the results there\n"
             "  --min-time S  time each case for about S seconds, at least 3 steps (default 0.5)\n"
-            "  --wall        time steps by the wall clock (clFinish) even where device events work\n");
+            "  --wall        time steps by the wall clock (clFinish) even where device events work\n"
+            "  --tune        search the launch parameters (EFL_TUNE) at the first case's shape (default lvis)\n"
+            "                and print the best against the library's own heuristic\n");
 }
 
 static int add_cases(options *opt, const char *list)
@@ -541,6 +694,8 @@ int main(int argc, char **argv)
             opt.use_default = 1;
         else if (strcmp(a, "--wall") == 0)
             opt.force_wall = 1;
+        else if (strcmp(a, "--tune") == 0)
+            opt.tune = 1;
         else if (strcmp(a, "--quick") == 0)
             cases = "lvis,coco";
         else if (strcmp(a, "--cases") == 0 && has_val)
@@ -590,8 +745,8 @@ int main(int argc, char **argv)
         cl_device_id dev = efl_context_cl_device(def);
         clRetainContext(cl);
         efl_context_destroy(def);
-        failed |= run_device(cl, dev, &opt, &results[nres]) != 0;
-        nres += !failed;
+        failed |= (opt.tune ? tune_device(cl, dev, &opt) : run_device(cl, dev, &opt, &results[nres])) != 0;
+        nres += !failed && !opt.tune;
         clReleaseContext(cl);
     } else {
         cl_device_id devs[64]; /* as many as results[] holds */
@@ -611,7 +766,9 @@ int main(int argc, char **argv)
                 failed = 1;
                 continue;
             }
-            if (run_device(cl, devs[i], &opt, &results[nres]) == 0)
+            if (opt.tune)
+                failed |= tune_device(cl, devs[i], &opt) != 0;
+            else if (run_device(cl, devs[i], &opt, &results[nres]) == 0)
                 ++nres;
             else
                 failed = 1;

@@ -43,6 +43,10 @@ efl_status efl_device_query(cl_device_id dev, efl_device_info *info, cl_int *err
     if (clGetDeviceInfo(dev, CL_DEVICE_SINGLE_FP_CONFIG, sizeof fcfg, &fcfg, NULL) != CL_SUCCESS)
         fcfg = 0;
     info->has_fma = (fcfg & CL_FP_FMA) != 0 && (fcfg & CL_FP_SOFT_FLOAT) == 0;
+    if (clGetDeviceInfo(dev, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof info->compute_units, &info->compute_units, NULL) !=
+            CL_SUCCESS ||
+        info->compute_units == 0)
+        info->compute_units = 1;
     if (clGetDeviceInfo(dev, CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT, sizeof info->native_vector_width,
                         &info->native_vector_width, NULL) != CL_SUCCESS)
         info->native_vector_width = 1;
@@ -73,9 +77,46 @@ static int env_flag(const char *name)
     return v && *v && strcmp(v, "0") != 0;
 }
 
+/* EFL_TUNE overrides, each checked against what the kernels and the device accept; an
+ * unusable value is ignored. */
+static void apply_tuning(const efl_device_info *info, uint32_t num_classes, efl_kernel_params *kp)
+{
+    const char *t = getenv("EFL_TUNE");
+    while (t && *t) {
+        char key[16];
+        unsigned v;
+        int used = 0;
+        if (sscanf(t, " %15[a-z] = %u%n", key, &v, &used) == 2) {
+            if (!strcmp(key, "vw") && (v == 1 || v == 4 || v == 8 || v == 16) && v <= num_classes)
+                kp->vw = v;
+            else if (!strcmp(key, "wgx") && v >= 1 && v <= info->max_wg)
+                kp->wgx = v;
+            else if (!strcmp(key, "unroll") && v >= 1 && v <= 16)
+                kp->unroll = v;
+            else if (!strcmp(key, "barrier") && v <= 1)
+                kp->row_barrier = (int)v;
+            else if (!strcmp(key, "rows") && v >= 1)
+                kp->rows = v;
+            t += used;
+        }
+        const char *comma = strchr(t, ',');
+        t = comma ? comma + 1 : NULL;
+    }
+}
+
+static efl_kernel_params heuristic(const efl_device_info *info, uint32_t num_classes);
+
 efl_kernel_params efl_device_kernel_params(const efl_device_info *info, uint32_t num_classes)
 {
+    efl_kernel_params kp = heuristic(info, num_classes);
+    apply_tuning(info, num_classes, &kp);
+    return kp;
+}
+
+static efl_kernel_params heuristic(const efl_device_info *info, uint32_t num_classes)
+{
     efl_kernel_params kp;
+    kp.rows = 0;
     kp.apply_wg = info->max_wg >= 256 ? 256 : 16;
     kp.fp64 = info->has_fp64 && !env_flag("EFL_FORCE_COMPENSATED");
     kp.fma = info->has_fma;
@@ -133,18 +174,22 @@ size_t efl_device_padded_columns(const efl_kernel_params *kp, uint32_t num_class
 
 unsigned efl_device_rows_per_block(const efl_device_info *info, const efl_kernel_params *kp, size_t n)
 {
+    if (kp->rows)
+        return kp->rows;
     /* Up to 512 row blocks: with C / (wgx * vw) groups per block that fills any current device,
      * and the partials stay near 1% of the logits' bytes. At least 32 rows amortise a
-     * work-item's set-up; on CPUs a work-group should also carry some 16k elements, since
-     * each group is scheduled on its own. */
+     * work-item's set-up. */
     const size_t max_blocks = 512;
     size_t min_rows = 32;
     if (info->type & CL_DEVICE_TYPE_CPU) {
-        /* each group is scheduled on its own: give it some 256k elements (and >= 256 rows;
-         * 256 to 1024 measured alike at C = 1203) */
-        size_t per_group = (size_t)kp->wgx * kp->vw;
-        size_t want = 262144 / per_group;
-        min_rows = want > 256 ? want : 256;
+        /* A CPU schedules each group on its own: between 16k and 256k elements per group, and
+         * within that four groups per core where N allows, so a small step uses every core
+         * (C = 1203 measured alike from 256 to 1024 rows). */
+        const size_t per_group = (size_t)kp->wgx * kp->vw;
+        const size_t lo = 16384 / per_group > 32 ? 16384 / per_group : 32;
+        const size_t hi = 262144 / per_group > lo ? 262144 / per_group : lo;
+        const size_t par = (n + 4 * (size_t)info->compute_units - 1) / (4 * (size_t)info->compute_units);
+        min_rows = par < lo ? lo : par > hi ? hi : par;
     }
     size_t rows = (n + max_blocks - 1) / max_blocks;
     if (rows < min_rows)

@@ -18,6 +18,7 @@ typedef struct {
     cl_ulong local_mem;
     cl_ulong max_alloc;
     cl_uint native_vector_width; /* floats */
+    cl_uint compute_units;
     int has_fp64;
     int has_fma; /* fma in hardware */
 } efl_device_info;
@@ -31,11 +32,14 @@ typedef struct {
     int fma;           /* hardware fma: the exponent's product is compensated */
     unsigned unroll;   /* unroll factor of the step's row loop */
     int row_barrier;   /* the work-group sweeps each row together (CPU prefetchers) */
+    unsigned rows;     /* rows per block; 0: efl_device_rows_per_block decides (not a define) */
 } efl_kernel_params;
 
 efl_status efl_device_query(cl_device_id dev, efl_device_info *info, cl_int *err);
 
-/* Kernel parameters for C classes on this device. */
+/* Kernel parameters for C classes on this device: the heuristic, then any override from
+ * EFL_TUNE ("vw=16,wgx=76,unroll=1,barrier=1,rows=256", each key optional; efl-bench --tune
+ * searches them). */
 efl_kernel_params efl_device_kernel_params(const efl_device_info *info, uint32_t num_classes);
 
 /* Rows each work-item of the step loops over, for n rows: enough blocks to fill the device,
