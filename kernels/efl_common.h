@@ -6,7 +6,7 @@
  *   EFL_FP64       1: accumulate in double (cl_khr_fp64); 0: compensated float pairs
  *   EFL_VW         columns per work-item of the step kernel (1, 4, 8 or 16)
  *   EFL_FMA        1 where fma is done in hardware (CL_FP_FMA)
- *   EFL_UNROLL     unroll factor of the step's row loop
+ *   EFL_UNROLL     rows per group in the step's row loop (summed plainly, then one Kahan step)
  *   EFL_ROW_BARRIER 1: a work-group sweeps each row together (CPU runtimes)
  *
  * Every formula of the loss lives here, once.
@@ -24,8 +24,6 @@
 #ifndef EFL_ROW_BARRIER
 #define EFL_ROW_BARRIER 0
 #endif
-#define EFL_STR(x) #x
-#define EFL_PRAGMA(x) _Pragma(EFL_STR(x))
 
 /* ------------------------------------------------------------ label decoding */
 #define EFL_LABELS_REFERENCE 0

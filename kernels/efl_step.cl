@@ -49,31 +49,36 @@ void efl_step(__global const float *restrict x, __global const int *restrict lab
 
     floatV pos = 0.0f, pos_c = 0.0f, neg = 0.0f, neg_c = 0.0f, ls = 0.0f, ls_c = 0.0f;
     uint bad = 0u;
-    /* Each row's terms form a long dependent chain; unrolling (EFL_UNROLL, per device) lets a
-     * CPU overlap several rows' chains (with EFL_ROW_BARRIER the work-items' chains overlap
-     * instead). */
-    EFL_PRAGMA(unroll EFL_UNROLL)
-    for (uint r = r0; r < r1; ++r) {
-        float valid;
-        const int col = efl_label_column(labels[r], (int)C, ignore_index, convention, &valid, &bad);
-        const intV is_pos = lanes == col;
-        const size_t idx = (size_t)r * C + c0;
-        floatV l, g;
-        efl_focal_term(efl_loadV(x + idx), is_pos, gamma_hi, gamma_lo, is_pos ? aw_pos : aw_neg, &l, &g);
-        /* select, not multiply: an ignored row's logit must not reach the sums even if NaN */
-        g = (valid != 0.0f) ? g * grad_scale : 0.0f;
-        if (write_grad)
-            efl_storeV(g, grad + idx);
-        const floatV ag = own ? fabs(g) : 0.0f;
-        efl_kahan_add(&pos, &pos_c, is_pos ? ag : 0.0f);
-        efl_kahan_add(&neg, &neg_c, is_pos ? 0.0f : ag);
-        efl_kahan_add(&ls, &ls_c, (own && valid != 0.0f) ? l : 0.0f);
+    /* Rows go in groups of EFL_UNROLL (per device): a CPU overlaps the group's long dependency
+     * chains, and the group's terms are summed plainly before one Kahan step per sum. With
+     * EFL_ROW_BARRIER the work-group meets at a barrier after each group: CPU runtimes run a
+     * group as a loop over its work-items, and the barrier puts that loop inside the row loop,
+     * so the group sweeps rows left to right and the hardware prefetcher sees one sequential
+     * stream instead of one load per row per work-item at a stride of C * 4 bytes (too long for
+     * stride prefetchers above ~2 KB: 1.4x at C = 1203). The trailing rows go one at a time. */
+    for (uint r = r0; r < r1;) {
+        const uint k_end = r + EFL_UNROLL <= r1 ? EFL_UNROLL : 1u; /* uniform across the group */
+        floatV gp = 0.0f, gn = 0.0f, gl = 0.0f;
+        for (uint k = 0; k < k_end; ++k, ++r) {
+            float valid;
+            const int col = efl_label_column(labels[r], (int)C, ignore_index, convention, &valid, &bad);
+            const intV is_pos = lanes == col;
+            const size_t idx = (size_t)r * C + c0;
+            floatV l, g;
+            efl_focal_term(efl_loadV(x + idx), is_pos, gamma_hi, gamma_lo, is_pos ? aw_pos : aw_neg, &l, &g);
+            /* select, not multiply: an ignored row's logit must not reach the sums even if NaN */
+            g = (valid != 0.0f) ? g * grad_scale : 0.0f;
+            if (write_grad)
+                efl_storeV(g, grad + idx);
+            const floatV ag = own ? fabs(g) : 0.0f;
+            gp += is_pos ? ag : 0.0f;
+            gn += is_pos ? 0.0f : ag;
+            gl += (own && valid != 0.0f) ? l : 0.0f;
+        }
+        efl_kahan_add(&pos, &pos_c, gp);
+        efl_kahan_add(&neg, &neg_c, gn);
+        efl_kahan_add(&ls, &ls_c, gl);
 #if EFL_ROW_BARRIER
-        /* CPU runtimes run a work-group as a loop over its work-items; a barrier here puts that
-         * loop inside the row loop, so the group sweeps each row left to right and the
-         * hardware prefetcher sees a sequential stream instead of one load per row per
-         * work-item at a stride of C * 4 bytes (too long for stride prefetchers above ~2 KB:
-         * 1.4x at C = 1203) */
         barrier(CLK_GLOBAL_MEM_FENCE);
 #endif
     }

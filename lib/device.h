@@ -30,7 +30,7 @@ typedef struct {
     unsigned apply_wg; /* apply kernel's work-group, a power of two */
     int fp64;          /* accumulate in double */
     int fma;           /* hardware fma: the exponent's product is compensated */
-    unsigned unroll;   /* unroll factor of the step's row loop */
+    unsigned unroll;   /* rows per group in the step's row loop */
     int row_barrier;   /* the work-group sweeps each row together (CPU prefetchers) */
     unsigned rows;     /* rows per block; 0: efl_device_rows_per_block decides (not a define) */
 } efl_kernel_params;
