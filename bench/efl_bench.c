@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bench_util.h"
 
@@ -53,6 +54,7 @@ typedef struct {
     cl_ulong max_alloc, global_mem;
     double copy_gbps, read_gbps, first_call_s;
     double empty_roundtrip_s, small_step_s; /* wall clock, enqueue to clFinish */
+    double native_gelem_s;                  /* efl-native-loop at the LVIS shape, same run (CPUs) */
     size_t ceiling_bytes;
     int ceiling_wall;
     result_row rows[MAX_ROWS];
@@ -66,6 +68,7 @@ typedef struct {
     double min_time;
     int force_wall; /* --wall */
     int tune;       /* --tune */
+    char native_path[1024]; /* efl-native-loop beside this program, "" if absent */
     case_def cases[MAX_CASES];
     char sweep_names[NUM_SWEEP][32];
     size_t ncases;
@@ -238,6 +241,33 @@ static void get_str(cl_device_id dev, cl_device_info what, char *buf, size_t siz
 }
 
 static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
+
+/* On a CPU the arithmetic is the ceiling: the same arithmetic as a plain C loop
+ * (efl-native-loop, vectorised by gcc, OpenMP on every core), run right after the step in the
+ * same session so both see the same machine. A separate process: its -ffast-math runtime
+ * flushes denormals process-wide, which must not leak into the OpenCL runtime's threads. */
+static double native_loop_gelem(const options *opt, size_t n, uint32_t C)
+{
+    if (!opt->native_path[0])
+        return 0.0;
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "'%s' %zu %u", opt->native_path, n, C);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return 0.0;
+    char line[1024];
+    double g = 0.0;
+    while (fgets(line, sizeof line, p)) {
+        const char *at = strstr(line, " Gelem/s");
+        if (!at)
+            continue;
+        while (at > line && at[-1] != ' ')
+            --at;
+        g = strtod(at, NULL);
+    }
+    pclose(p);
+    return g;
+}
 
 /* A small step's latency: what a training loop waits for when the batch is tiny. Wall clock,
  * enqueue to clFinish, set against the same for an empty kernel. */
@@ -429,6 +459,16 @@ static int run_device(cl_context cl, cl_device_id dev, const options *opt, devic
     }
     if (rc == 0)
         rc = small_step(ectx, q, &b, dn, opt, out);
+    for (size_t r = 0; rc == 0 && is_cpu && r < out->nrows; ++r) {
+        const result_row *row = &out->rows[r];
+        if (strcmp(row->op, "step") != 0 || strcmp(row->label, "lvis") != 0)
+            continue;
+        out->native_gelem_s = native_loop_gelem(opt, row->n, row->c);
+        if (out->native_gelem_s > 0.0)
+            printf("   native C loop, same arithmetic (efl-native-loop %zu %u, run now): %.3f Gelem/s; the step runs "
+                   "at %.2f x that\n",
+                   row->n, row->c, out->native_gelem_s, row->gelem_s / out->native_gelem_s);
+    }
     efl_context_destroy(ectx);
     if (b.loss_out)
         clReleaseMemObject(b.loss_out);
@@ -506,21 +546,21 @@ static int tune_device(cl_context cl, cl_device_id dev, const options *opt)
     /* The candidates: what lib/device.c chooses between, around its own choice. */
     char cand[160][96];
     size_t ncand = 0;
-    static const unsigned rows_cpu[] = {64, 128, 256, 512, 1024}, rows_gpu[] = {16, 32, 64, 128, 256, 512};
+    static const unsigned rows_cpu[] = {128, 256, 512, 1024}, rows_gpu[] = {16, 32, 64, 128, 256, 512};
     if (type & CL_DEVICE_TYPE_CPU) {
-        static const unsigned vws[] = {8, 16};
+        static const unsigned vws[] = {8, 16}, unrolls[] = {1, 4, 8};
         for (size_t v = 0; v < 2; ++v) {
             const unsigned chunks = (cs.c + vws[v] - 1) / vws[v];
-            const unsigned wgx_bar[] = {chunks, (chunks + 1) / 2, (chunks + 3) / 4};
-            for (size_t r = 0; r < sizeof rows_cpu / sizeof *rows_cpu; ++r) {
-                for (size_t w = 0; w < 3; ++w)
-                    if (w == 0 || wgx_bar[w] != wgx_bar[w - 1])
-                        snprintf(cand[ncand++], sizeof cand[0], "vw=%u,barrier=1,wgx=%u,unroll=1,rows=%u", vws[v],
-                                 wgx_bar[w], rows_cpu[r]);
-                for (unsigned u = 1; u <= 4; u *= 4)
-                    snprintf(cand[ncand++], sizeof cand[0], "vw=%u,barrier=0,wgx=1,unroll=%u,rows=%u", vws[v], u,
-                             rows_cpu[r]);
-            }
+            const unsigned wgx_bar[] = {chunks, (chunks + 1) / 2};
+            for (size_t r = 0; r < sizeof rows_cpu / sizeof *rows_cpu; ++r)
+                for (size_t u = 0; u < 3; ++u) {
+                    for (size_t w = 0; w < 2; ++w)
+                        if (w == 0 || wgx_bar[w] != wgx_bar[w - 1])
+                            snprintf(cand[ncand++], sizeof cand[0], "vw=%u,barrier=1,wgx=%u,unroll=%u,rows=%u",
+                                     vws[v], wgx_bar[w], unrolls[u], rows_cpu[r]);
+                    snprintf(cand[ncand++], sizeof cand[0], "vw=%u,barrier=0,wgx=1,unroll=%u,rows=%u", vws[v],
+                             unrolls[u], rows_cpu[r]);
+                }
         }
     } else {
         static const unsigned wgxs[] = {32, 64, 128, 256};
@@ -589,8 +629,9 @@ static int write_json(const char *path, const device_result *d, size_t nd)
         json_string(f, d[i].platform);
         fprintf(f,
                 ",\"copy_gbps\":%.6g,\"read_gbps\":%.6g,\"first_call_s\":%.6g,\"empty_roundtrip_s\":%.6g,"
-                "\"small_step_s\":%.6g,\"cases\":[",
-                d[i].copy_gbps, d[i].read_gbps, d[i].first_call_s, d[i].empty_roundtrip_s, d[i].small_step_s);
+                "\"small_step_s\":%.6g,\"native_loop_gelem_s\":%.6g,\"cases\":[",
+                d[i].copy_gbps, d[i].read_gbps, d[i].first_call_s, d[i].empty_roundtrip_s, d[i].small_step_s,
+                d[i].native_gelem_s);
         for (size_t r = 0; r < d[i].nrows; ++r) {
             const result_row *w = &d[i].rows[r];
             fprintf(f,
@@ -683,6 +724,13 @@ static int add_cases(options *opt, const char *list)
 int main(int argc, char **argv)
 {
     static options opt; /* static: zeroed, and off the stack */
+    {
+        const char *slash = strrchr(argv[0], '/');
+        const int dir_len = slash ? (int)(slash - argv[0]) : 1;
+        snprintf(opt.native_path, sizeof opt.native_path, "%.*s/efl-native-loop", dir_len, slash ? argv[0] : ".");
+        if (access(opt.native_path, X_OK) != 0)
+            opt.native_path[0] = '\0';
+    }
     opt.min_time = 0.5;
     const char *cases = "all";
     for (int i = 1; i < argc; ++i) {

@@ -5,7 +5,8 @@ usage: plot.py results.json out.png [--native GELEM] [--c 1203] [--title TEXT]
 
 results.json is what `efl-bench --cases sweep --json results.json` writes. For every device
 in it, the "step" cases with C = 1203 (the sweep's column count; --c picks another) are drawn
-as G elements/s against N on a log x axis. The device's copy ceiling is drawn as a dotted
+as G elements/s against N on a log x axis (efl-bench's default "all" adds its LVIS case,
+90000 x 1203, to the line as one more point). The device's copy ceiling is drawn as a dotted
 horizontal line in its colour, converted to elements/s: a step reads 4 bytes of logits and
 writes 4 bytes of gradient per element, so the ceiling is copy_gbps / 8 G elements/s (the
 4 bytes of label per row are ignored: at C = 1203 they are 0.04% of the traffic).
@@ -98,7 +99,8 @@ def main(argv=None):
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "{:,.0f}".format(v)))
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", axis="x", alpha=0.12)
-    title = args.title or "efl step throughput: " + "; ".join(" ".join(d["name"].split()) for d in devices)
+    title = args.title or "efl step, C = %d, float32: %s" % (
+        args.c, "; ".join(" ".join(d["name"].split()) for d in devices))
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="best", framealpha=0.9)
     fig.tight_layout()
