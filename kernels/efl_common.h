@@ -1,6 +1,6 @@
 /*
- * Shared by every efl kernel; the library compiles it in front of each .cl file, after a
- * generated block of -D style defines (lib/program.c):
+ * Shared by every efl kernel; the library compiles it after efl_labels.h and in front of each
+ * .cl file, with these -D defines (lib/device.c):
  *   EFL_WGX        columns per work-group of the step and reduce kernels
  *   EFL_APPLY_WG   work-group size of the apply kernel (a power of two)
  *   EFL_FP64       1: accumulate in double (cl_khr_fp64); 0: compensated float pairs
@@ -26,30 +26,18 @@
 #endif
 
 /* ------------------------------------------------------------ label decoding */
-#define EFL_LABELS_REFERENCE 0
-#define EFL_LABELS_ZERO_BASED 1
-
 /* Flags the device raises; the apply kernel refuses a step that has any. */
 #define EFL_FLAG_INVALID_LABEL 1u
 
-/* Column of the row's class (-1 for background and ignored rows); *valid is 1.0f for rows that
- * take part in the loss; *bad is set for labels outside the convention. */
+/* The row's class column (-1 for background and ignored rows) by efl_decode_label
+ * (efl_labels.h, compiled before this file); *valid is 1.0f for rows that take part in the
+ * loss; *bad collects EFL_FLAG_INVALID_LABEL. */
 static inline int efl_label_column(int y, int C, int ignore_index, int convention, float *valid, uint *bad)
 {
-    const int ignored = (y == ignore_index);
-    int col;
-    int in_range;
-    if (convention == EFL_LABELS_ZERO_BASED) {
-        in_range = (y >= 0) && (y <= C);
-        col = (y < C) ? y : -1;
-    } else {
-        in_range = (y >= 0) && (y <= C);
-        col = y - 1;
-    }
-    const int ok = !ignored && in_range;
-    *valid = ok ? 1.0f : 0.0f;
-    *bad |= (!ignored && !in_range) ? EFL_FLAG_INVALID_LABEL : 0u;
-    return ok ? col : -1;
+    const int col = efl_decode_label(y, C, ignore_index, convention);
+    *valid = col >= EFL_ROW_BACKGROUND ? 1.0f : 0.0f;
+    *bad |= col == EFL_ROW_INVALID ? EFL_FLAG_INVALID_LABEL : 0u;
+    return col >= 0 ? col : -1;
 }
 
 /* ------------------------------------------------------------------- math */

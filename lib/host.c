@@ -1,8 +1,13 @@
 /* Host-array conveniences: the same calls for users without OpenCL plumbing, through a queue
  * and staging buffers the loss owns. */
 #include <stdlib.h>
+#include <string.h>
 
+#include "efl_labels.h"
 #include "internal.h"
+
+_Static_assert(EFL_CONV_REFERENCE == EFL_LABELS_REFERENCE && EFL_CONV_ZERO_BASED == EFL_LABELS_ZERO_BASED,
+               "kernels/efl_labels.h and include/efl/efl.h disagree on the label conventions");
 
 static efl_status ensure_queue(efl_loss *loss)
 {
@@ -50,6 +55,36 @@ static efl_status ensure_staging(efl_loss *loss, size_t n)
     return EFL_OK;
 }
 
+/* The labels checked on the host with the kernels' own rule, so that a zero-copy step, which
+ * writes straight into the caller's gradient, never starts on a batch the device would refuse. */
+static int labels_valid(const efl_loss *loss, const int32_t *labels, size_t n)
+{
+    const int C = (int)loss->cfg.num_classes, ignore = loss->cfg.ignore_index, conv = (int)loss->cfg.labels;
+    for (size_t i = 0; i < n; ++i)
+        if (efl_decode_label(labels[i], C, ignore, conv) == EFL_ROW_INVALID)
+            return 0;
+    return 1;
+}
+
+/* Where the device works in host memory (CPU runtimes), the caller's arrays become the buffers
+ * (CL_MEM_USE_HOST_PTR): no copy of the logits in or of the gradient out. Returns NULL where
+ * that does not apply or fails; the caller then stages. EFL_HOST_STAGING=1 forces staging (the
+ * path discrete GPUs take), so that it is tested on any machine. */
+static cl_mem wrap_host(efl_loss *loss, const void *ptr, size_t bytes, cl_mem_flags access)
+{
+    const char *force = getenv("EFL_HOST_STAGING");
+    if (force && *force && strcmp(force, "0") != 0)
+        return NULL;
+    cl_bool unified = CL_FALSE;
+    if (clGetDeviceInfo(loss->ctx->device, CL_DEVICE_HOST_UNIFIED_MEMORY, sizeof unified, &unified, NULL) !=
+            CL_SUCCESS ||
+        !unified)
+        return NULL;
+    cl_int err = CL_SUCCESS;
+    cl_mem m = clCreateBuffer(loss->ctx->context, access | CL_MEM_USE_HOST_PTR, bytes, (void *)ptr, &err);
+    return err == CL_SUCCESS ? m : NULL;
+}
+
 static efl_status run_host(efl_loss *loss, const float *logits, const int32_t *labels, size_t n, float normalizer,
                            efl_reduction reduction, float *loss_out, float *grad_out, int is_step)
 {
@@ -57,39 +92,77 @@ static efl_status run_host(efl_loss *loss, const float *logits, const int32_t *l
         return EFL_ERROR_NULL_HANDLE;
     if (!loss_out || (n > 0 && (!logits || !labels)))
         return EFL_ERROR_NULL_BUFFER;
-    efl_status st = ensure_staging(loss, n > 0 ? n : 1);
+    const size_t C = loss->cfg.num_classes;
+    if (n > SIZE_MAX / sizeof(float) / C)
+        return EFL_ERROR_TOO_MANY_ROWS;
+    efl_status st = ensure_staging(loss, 1);
     if (st != EFL_OK)
         return st;
     cl_command_queue q = loss->host_queue;
-    const size_t C = loss->cfg.num_classes;
     cl_int err = CL_SUCCESS;
-    if (n > 0) {
-        err = clEnqueueWriteBuffer(q, loss->host_x, CL_FALSE, 0, n * C * sizeof(float), logits, 0, NULL, NULL);
-        if (err == CL_SUCCESS)
-            err = clEnqueueWriteBuffer(q, loss->host_y, CL_FALSE, 0, n * sizeof(cl_int), labels, 0, NULL, NULL);
-        if (err != CL_SUCCESS)
-            return efl_cl_fail(loss->ctx, err);
+
+    /* Zero copy where the device shares host memory, else staging buffers. */
+    cl_mem x = NULL, y = NULL, g = NULL;
+    if (n > 0 && labels_valid(loss, labels, n)) {
+        x = wrap_host(loss, logits, n * C * sizeof(float), CL_MEM_READ_ONLY);
+        y = x ? wrap_host(loss, labels, n * sizeof(cl_int), CL_MEM_READ_ONLY) : NULL;
+        g = y && is_step && grad_out ? wrap_host(loss, grad_out, n * C * sizeof(float), CL_MEM_WRITE_ONLY) : NULL;
     }
-    st = is_step ? efl_enqueue_step(loss, q, loss->host_x, loss->host_y, n, normalizer, reduction, loss->host_loss,
-                                    loss->host_g, 0, NULL, NULL)
-                 : efl_enqueue_forward(loss, q, loss->host_x, loss->host_y, n, normalizer, reduction,
-                                       loss->host_loss, 0, NULL, NULL);
-    if (st != EFL_OK) {
-        clFinish(q); /* the writes above read the caller's arrays */
+    const int zero_copy = y && (g || !is_step || !grad_out);
+    if (!zero_copy) {
+        if (x)
+            clReleaseMemObject(x);
+        if (y)
+            clReleaseMemObject(y);
+        if (g)
+            clReleaseMemObject(g);
+        x = y = g = NULL;
+        if ((st = ensure_staging(loss, n > 0 ? n : 1)) != EFL_OK)
+            return st;
+        if (n > 0) {
+            err = clEnqueueWriteBuffer(q, loss->host_x, CL_FALSE, 0, n * C * sizeof(float), logits, 0, NULL, NULL);
+            if (err == CL_SUCCESS)
+                err = clEnqueueWriteBuffer(q, loss->host_y, CL_FALSE, 0, n * sizeof(cl_int), labels, 0, NULL, NULL);
+            if (err != CL_SUCCESS)
+                return efl_cl_fail(loss->ctx, err);
+        }
+    } else if (is_step && !grad_out && (st = ensure_staging(loss, n)) != EFL_OK) {
+        clReleaseMemObject(x);
+        clReleaseMemObject(y);
         return st;
     }
-    /* Only a step the device accepted reaches the caller's arrays. */
-    st = efl_loss_query_status(loss, q);
-    if (st != EFL_OK)
-        return st;
+    cl_mem bx = zero_copy ? x : loss->host_x, by = zero_copy ? y : loss->host_y, bg = g ? g : loss->host_g;
+    st = is_step ? efl_enqueue_step(loss, q, bx, by, n, normalizer, reduction, loss->host_loss, bg, 0, NULL, NULL)
+                 : efl_enqueue_forward(loss, q, bx, by, n, normalizer, reduction, loss->host_loss, 0, NULL, NULL);
+    if (st == EFL_OK)
+        st = efl_loss_query_status(loss, q); /* waits; only a step the device accepted goes out */
     float value = 0.0f;
-    err = clEnqueueReadBuffer(q, loss->host_loss, CL_TRUE, 0, sizeof value, &value, 0, NULL, NULL);
-    if (err == CL_SUCCESS && is_step && grad_out && n > 0)
-        err = clEnqueueReadBuffer(q, loss->host_g, CL_TRUE, 0, n * C * sizeof(float), grad_out, 0, NULL, NULL);
-    if (err != CL_SUCCESS)
-        return efl_cl_fail(loss->ctx, err);
-    *loss_out = value;
-    return EFL_OK;
+    if (st == EFL_OK) {
+        err = clEnqueueReadBuffer(q, loss->host_loss, CL_TRUE, 0, sizeof value, &value, 0, NULL, NULL);
+        if (err == CL_SUCCESS && g) {
+            /* map and unmap: what makes the gradient visible in the caller's array by the spec */
+            void *p = clEnqueueMapBuffer(q, g, CL_TRUE, CL_MAP_READ, 0, n * C * sizeof(float), 0, NULL, NULL, &err);
+            if (err == CL_SUCCESS)
+                err = clEnqueueUnmapMemObject(q, g, p, 0, NULL, NULL);
+            if (err == CL_SUCCESS)
+                err = clFinish(q);
+        } else if (err == CL_SUCCESS && is_step && grad_out && n > 0) {
+            err = clEnqueueReadBuffer(q, loss->host_g, CL_TRUE, 0, n * C * sizeof(float), grad_out, 0, NULL, NULL);
+        }
+        if (err != CL_SUCCESS)
+            st = efl_cl_fail(loss->ctx, err);
+    } else {
+        clFinish(q); /* the staging writes read the caller's arrays */
+    }
+    if (x)
+        clReleaseMemObject(x);
+    if (y)
+        clReleaseMemObject(y);
+    if (g)
+        clReleaseMemObject(g);
+    if (st == EFL_OK)
+        *loss_out = value;
+    return st;
 }
 
 efl_status efl_loss_step_host(efl_loss *loss, const float *logits, const int32_t *labels, size_t n, float normalizer,

@@ -5,16 +5,18 @@
 #include "internal.h"
 
 /* kernels_embedded.c, generated at build time from kernels/ */
-extern const char efl_src_common[], efl_src_step[], efl_src_reduce[], efl_src_apply[];
-extern const size_t efl_src_common_len, efl_src_step_len, efl_src_reduce_len, efl_src_apply_len;
+extern const char efl_src_labels[], efl_src_common[], efl_src_step[], efl_src_reduce[], efl_src_apply[];
+extern const size_t efl_src_labels_len, efl_src_common_len, efl_src_step_len, efl_src_reduce_len,
+    efl_src_apply_len;
 
-/* One program holds the three kernels, each .cl behind the common header: one compile per
- * (context, device, options) instead of three. */
+/* One program holds the three kernels, behind the label rule and the common header: one
+ * compile per (context, device, options) instead of three. */
 static cl_program create_program(efl_context *ctx, cl_int *err)
 {
-    const char *parts[] = {efl_src_common, efl_src_step, efl_src_reduce, efl_src_apply};
-    const size_t lens[] = {efl_src_common_len, efl_src_step_len, efl_src_reduce_len, efl_src_apply_len};
-    return clCreateProgramWithSource(ctx->context, 4, parts, lens, err);
+    const char *parts[] = {efl_src_labels, efl_src_common, efl_src_step, efl_src_reduce, efl_src_apply};
+    const size_t lens[] = {efl_src_labels_len, efl_src_common_len, efl_src_step_len, efl_src_reduce_len,
+                           efl_src_apply_len};
+    return clCreateProgramWithSource(ctx->context, 5, parts, lens, err);
 }
 
 static void log_build(efl_context *ctx, cl_program prog, const char *options)
