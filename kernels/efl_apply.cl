@@ -1,21 +1,25 @@
 /*
  * Last stage of a step (compiled after efl_common.h), one work-group: the loss total over columns
- * (fixed tree order), then, unless the device flagged the step, the state update of SPEC
- * "Gradient accumulation" and the next step's per-class (gamma_j, w_j) table. A flagged step
- * leaves loss_out and the state untouched and is counted in info[1].
+ * (fixed tree order), then, unless the step is refused, the state update of SPEC "Gradient
+ * accumulation" and the next step's per-class (gamma_j, w_j) table. A step is refused for an
+ * invalid label (flagged by efl_step) or a non-finite value in a valid row (the loss total is
+ * then NaN): loss_out and the state stay as they were, and a refused update is counted in
+ * info[1].
  *
  * Launch: global (EFL_APPLY_WG), local (EFL_APPLY_WG).
  * state: [3][C] acc_t: pos_grad, neg_grad, g (pos_neg). table: [3][cpad] float: gamma_j (hi, lo), w_j; the padding keeps its initial values.
  * info: [0] flags of the most recent call, [1] steps refused so far.
  */
-#define EFL_APPLY_FORWARD 0 /* loss only */
-#define EFL_APPLY_STEP 1    /* loss, then state and table */
-#define EFL_APPLY_REFRESH 2 /* table from the state (after a write or reset) */
+#define EFL_APPLY_FORWARD 0    /* loss only */
+#define EFL_APPLY_STEP 1       /* loss, then state and table */
+#define EFL_APPLY_REFRESH 2    /* table from the state (after a write or reset) */
+#define EFL_APPLY_ACCUMULATE 3 /* state and table from a caller's gradient, times stat_scale */
 
 __kernel __attribute__((reqd_work_group_size(EFL_APPLY_WG, 1, 1)))
 void efl_apply(__global const acc_t *restrict step_stats, __global const uint *restrict step_flags, uint cpad,
                __global acc_t *restrict state, __global float *restrict table, __global float *restrict loss_out,
-               __global uint *restrict info, uint C, float gamma_b, float s, float loss_scale, int mode)
+               __global uint *restrict info, uint C, float gamma_b, float s, float loss_scale, int mode,
+               float stat_scale)
 {
     __local acc_t part[EFL_APPLY_WG];
     const uint lid = get_local_id(0);
@@ -33,11 +37,13 @@ void efl_apply(__global const acc_t *restrict step_stats, __global const uint *r
                 part[lid] = acc_add(part[lid], part[lid + w]);
             barrier(CLK_LOCAL_MEM_FENCE);
         }
+        /* every work-item reads the total after the tree's last barrier: a uniform decision */
+        flags |= acc_isfinite(part[0]) ? 0u : EFL_FLAG_NONFINITE;
         if (lid == 0u) {
-            if (flags == 0u)
+            if (flags == 0u && mode != EFL_APPLY_ACCUMULATE)
                 loss_out[0] = acc_to_float(part[0]) * loss_scale;
             info[0] = flags;
-            if (flags != 0u && mode == EFL_APPLY_STEP)
+            if (flags != 0u && mode != EFL_APPLY_FORWARD)
                 info[1] += 1u;
         }
     }
@@ -46,9 +52,9 @@ void efl_apply(__global const acc_t *restrict step_stats, __global const uint *r
 
     for (uint j = lid; j < C; j += EFL_APPLY_WG) {
         acc_t g = state[2u * C + j];
-        if (mode == EFL_APPLY_STEP) {
-            const acc_t pos = acc_add(state[j], step_stats[j]);
-            const acc_t neg = acc_add(state[C + j], step_stats[cpad + j]);
+        if (mode != EFL_APPLY_REFRESH) {
+            const acc_t pos = acc_add(state[j], acc_scale(step_stats[j], stat_scale));
+            const acc_t neg = acc_add(state[C + j], acc_scale(step_stats[cpad + j], stat_scale));
             state[j] = pos;
             state[C + j] = neg;
             g = acc_clamp01(acc_div(pos, acc_add(neg, acc_eps())));

@@ -8,6 +8,7 @@
  *   EFL_FMA        1 where fma is done in hardware (CL_FP_FMA)
  *   EFL_UNROLL     rows per group in the step's row loop (summed plainly, then one Kahan step)
  *   EFL_ROW_BARRIER 1: a work-group sweeps each row together (CPU runtimes)
+ *   EFL_DTYPE      storage of logits and gradients: 0 float32, 1 float16, 2 bfloat16
  *
  * Every formula of the loss lives here, once.
  */
@@ -28,6 +29,7 @@
 /* ------------------------------------------------------------ label decoding */
 /* Flags the device raises; the apply kernel refuses a step that has any. */
 #define EFL_FLAG_INVALID_LABEL 1u
+#define EFL_FLAG_NONFINITE 2u /* Inf or NaN in a valid row's logits or supplied gradient */
 
 /* The row's class column (-1 for background and ignored rows) by efl_decode_label
  * (efl_labels.h, compiled before this file); *valid is 1.0f for rows that take part in the
@@ -89,6 +91,71 @@ typedef int16 intV;
 #define efl_convert_intV convert_int16
 #else
 #error "EFL_VW must be 1, 4, 8 or 16"
+#endif
+
+/* Storage of logits and gradients (EFL_DTYPE): float32, float16 (vload_half/vstore_half: core
+ * OpenCL 1.2, no cl_khr_fp16 needed, so NVIDIA's OpenCL has it too) or bfloat16 (the top 16
+ * bits of a float, rounded to nearest even). Arithmetic is float32 throughout. */
+#ifndef EFL_DTYPE
+#define EFL_DTYPE 0
+#endif
+#if EFL_DTYPE == 2
+/* float -> bfloat16, round to nearest even; a NaN stays a (quiet) NaN of the same sign */
+static inline ushort efl_bf16_1(float f)
+{
+    const uint b = as_uint(f);
+    return (ushort)(isnan(f) ? (b >> 16) | 0x40u : (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
+}
+static inline ushort4 efl_bf16_4(float4 f)
+{
+    const uint4 b = as_uint4(f);
+    const uint4 r = (b + (uint4)0x7FFFu + ((b >> 16) & 1u)) >> 16;
+    return convert_ushort4(select(r, (b >> 16) | 0x40u, isnan(f)));
+}
+#endif
+#if EFL_DTYPE == 0
+typedef float efl_store_t;
+#define EFL_LOAD1(p) (*(p))
+#define EFL_STORE1(v, p) (*(p) = (v))
+#define EFL_LOAD4(p, i) vload4((i), (p))
+#define EFL_STORE4(v, p, i) vstore4((v), (i), (p))
+#elif EFL_DTYPE == 1
+typedef half efl_store_t;
+#define EFL_LOAD1(p) vload_half(0, (p))
+#define EFL_STORE1(v, p) vstore_half_rte((v), 0, (p))
+#define EFL_LOAD4(p, i) vload_half4((i), (p))
+#define EFL_STORE4(v, p, i) vstore_half4_rte((v), (i), (p))
+#elif EFL_DTYPE == 2
+typedef ushort efl_store_t;
+#define EFL_LOAD1(p) as_float((uint)(*(p)) << 16)
+#define EFL_STORE1(v, p) (*(p) = efl_bf16_1(v))
+#define EFL_LOAD4(p, i) as_float4(convert_uint4(vload4((i), (p))) << 16)
+#define EFL_STORE4(v, p, i) vstore4(efl_bf16_4(v), (i), (p))
+#else
+#error "EFL_DTYPE must be 0 (float32), 1 (float16) or 2 (bfloat16)"
+#endif
+/* EFL_VW values from / to storage (built from 4-wide moves, see efl_loadV) */
+#if EFL_VW == 1
+#define efl_load_x(p) EFL_LOAD1(p)
+#define efl_store_g(v, p) EFL_STORE1((v), (p))
+#elif EFL_VW == 4
+#define efl_load_x(p) EFL_LOAD4((p), 0)
+#define efl_store_g(v, p) EFL_STORE4((v), (p), 0)
+#elif EFL_VW == 8
+#define efl_load_x(p) ((float8)(EFL_LOAD4((p), 0), EFL_LOAD4((p), 1)))
+#define efl_store_g(v, p) (EFL_STORE4((v).lo, (p), 0), EFL_STORE4((v).hi, (p), 1))
+#else
+#define efl_load_x(p) ((float16)(EFL_LOAD4((p), 0), EFL_LOAD4((p), 1), EFL_LOAD4((p), 2), EFL_LOAD4((p), 3)))
+#define efl_store_g(v, p)                                                                          \
+    (EFL_STORE4((v).s0123, (p), 0), EFL_STORE4((v).s4567, (p), 1), EFL_STORE4((v).s89ab, (p), 2),  \
+     EFL_STORE4((v).scdef, (p), 3))
+#endif
+
+/* 1 if any lane of a comparison result is set (scalar comparisons give 1, vector ones -1) */
+#if EFL_VW == 1
+#define efl_any(m) ((m) != 0)
+#else
+#define efl_any(m) any(m)
 #endif
 
 /* log(1 + e) for e in [0, 1], from s = e / (2 + e) in [0, 1/3], without log (scalar and slow on
@@ -211,6 +278,8 @@ static inline float acc_to_float(acc_t a) { return (float)a; }
 static inline acc_t acc_eps(void) { return 1e-10; }
 static inline acc_t acc_div(acc_t a, acc_t b) { return a / b; }
 static inline acc_t acc_clamp01(acc_t a) { return fmin(fmax(a, 0.0), 1.0); }
+static inline acc_t acc_scale(acc_t a, float f) { return a * (double)f; }
+static inline int acc_isfinite(acc_t a) { return isfinite(a); }
 /* gamma_j as a float pair (hi, lo): the step's exponent carries it to ~2^-48. */
 static inline float2 efl_gamma_j(float gamma_b, float s, acc_t g)
 {
@@ -262,6 +331,14 @@ static inline acc_t acc_clamp01(acc_t a)
         return (float2)(1.0f, 0.0f);
     return a;
 }
+/* a * f with the product's rounding error kept (fma): exact for f = 1 */
+static inline acc_t acc_scale(acc_t a, float f)
+{
+    const float hi = a.x * f;
+    return efl_fast_two_sum(hi, fma(a.x, f, -hi) + a.y * f);
+}
+static inline int acc_isfinite(acc_t a) { return isfinite(a.x + a.y); }
+
 /* gamma_j = gamma_b + s (1 - g) as a float pair (hi, lo), in pair arithmetic. */
 static inline float2 efl_gamma_j(float gamma_b, float s, acc_t g)
 {

@@ -14,16 +14,19 @@
  * stores the same gradient bits there, but counts only its own columns in the sums. So every
  * load and store is a whole vector, with no per-lane path inside the row loop.
  *
+ * With `collect`, x holds a gradient the caller computed (efl_enqueue_accumulate): the kernel
+ * only makes its per-class sums of |x| (and the loss slot flags a non-finite value).
+ *
  * table: [3][cpad] gamma_j hi, gamma_j lo, w_j (padded, so vector loads never leave it).
  * partials: [nblocks][3][cpad] floats: sum |grad| over positives, over negatives, sum of loss.
  * block_flags: [nblocks] EFL_FLAG_* seen in the block (written by work-item 0 only).
  */
 __kernel __attribute__((reqd_work_group_size(EFL_WGX, 1, 1)))
-void efl_step(__global const float *restrict x, __global const int *restrict labels,
-              __global float *restrict grad, __global float *restrict partials,
+void efl_step(__global const efl_store_t *restrict x, __global const int *restrict labels,
+              __global efl_store_t *restrict grad, __global float *restrict partials,
               __global uint *restrict block_flags, __global const float *restrict table, uint n, uint C,
               uint cpad, uint rows_per_block, float alpha_pos, float alpha_neg, float grad_scale,
-              int ignore_index, int convention, int write_grad)
+              int ignore_index, int convention, int write_grad, int collect)
 {
     const uint own0 = get_global_id(0) * EFL_VW; /* first column this work-item counts */
     const uint b = get_group_id(1);              /* == get_global_id(1) */
@@ -64,21 +67,32 @@ void efl_step(__global const float *restrict x, __global const int *restrict lab
             const int col = efl_label_column(labels[r], (int)C, ignore_index, convention, &valid, &bad);
             const intV is_pos = lanes == col;
             const size_t idx = (size_t)r * C + c0;
+            const floatV xv = efl_load_x(x + idx);
             floatV l, g;
+            if (collect) {
+                /* x holds a gradient the caller computed: only its statistics */
+                g = (valid != 0.0f) ? xv : 0.0f;
+                l = 0.0f;
+            } else {
 #if EFL_VW > 1
-            /* Most rows are background, or their class lies in other columns: then no lane is
-             * positive and the selects can go (+8% on AVX-512). A work-item owns whole vectors
-             * here, so this branch never splits a warp; with one column per work-item (GPUs) it
-             * would, hence the condition. The arithmetic is the same either way: same bits. */
-            if ((uint)(col - (int)c0) >= (uint)EFL_VW)
-                efl_focal_term(efl_loadV(x + idx), (intV)0, gamma_hi, gamma_lo, aw_neg, &l, &g);
-            else
+                /* Most rows are background, or their class lies in other columns: then no lane
+                 * is positive and the selects can go (+8% on AVX-512). A work-item owns whole
+                 * vectors here, so this branch never splits a warp; with one column per
+                 * work-item (GPUs) it would, hence the condition. Same arithmetic: same bits. */
+                if ((uint)(col - (int)c0) >= (uint)EFL_VW)
+                    efl_focal_term(xv, (intV)0, gamma_hi, gamma_lo, aw_neg, &l, &g);
+                else
 #endif
-                efl_focal_term(efl_loadV(x + idx), is_pos, gamma_hi, gamma_lo, is_pos ? aw_pos : aw_neg, &l, &g);
-            /* select, not multiply: an ignored row's logit must not reach the sums even if NaN */
-            g = (valid != 0.0f) ? g * grad_scale : 0.0f;
-            if (write_grad)
-                efl_storeV(g, grad + idx);
+                    efl_focal_term(xv, is_pos, gamma_hi, gamma_lo, is_pos ? aw_pos : aw_neg, &l, &g);
+                /* select, not multiply: an ignored row's logit must not reach the sums */
+                g = (valid != 0.0f) ? g * grad_scale : 0.0f;
+                if (write_grad)
+                    efl_store_g(g, grad + idx);
+            }
+            /* A non-finite value in a valid row makes its loss term NaN, which the loss total
+             * carries to efl_apply: the step is refused there. (The math alone would not show
+             * it: fmax drops NaN.) */
+            l = (fabs(xv) <= FLT_MAX) ? l : NAN;
             const floatV ag = own ? fabs(g) : 0.0f;
             gp += is_pos ? ag : 0.0f;
             gn += is_pos ? 0.0f : ag;

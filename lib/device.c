@@ -71,12 +71,6 @@ efl_status efl_device_query(cl_device_id dev, efl_device_info *info, cl_int *err
     return EFL_OK;
 }
 
-static int env_flag(const char *name)
-{
-    const char *v = getenv(name);
-    return v && *v && strcmp(v, "0") != 0;
-}
-
 /* EFL_TUNE overrides, each checked against what the kernels and the device accept; an
  * unusable value is ignored. */
 static void apply_tuning(const efl_device_info *info, uint32_t num_classes, efl_kernel_params *kp)
@@ -117,8 +111,9 @@ static efl_kernel_params heuristic(const efl_device_info *info, uint32_t num_cla
 {
     efl_kernel_params kp;
     kp.rows = 0;
+    kp.dtype = EFL_DTYPE_FLOAT32;
     kp.apply_wg = info->max_wg >= 256 ? 256 : 16;
-    kp.fp64 = info->has_fp64 && !env_flag("EFL_FORCE_COMPENSATED");
+    kp.fp64 = info->has_fp64; /* efl_loss_config.accumulate may turn it off */
     kp.fma = info->has_fma;
     if (info->type & CL_DEVICE_TYPE_CPU) {
         /* CPU runtimes run a work-group as a loop over work-items and do not vectorise that
@@ -203,8 +198,8 @@ int efl_device_build_options(const efl_device_info *info, const efl_kernel_param
 {
     const char *extra = getenv("EFL_BUILD_OPTIONS");
     int n = snprintf(buf, size, "-cl-std=CL1.2 -DEFL_VW=%u -DEFL_WGX=%u -DEFL_APPLY_WG=%u -DEFL_FP64=%d -DEFL_FMA=%d -DEFL_UNROLL=%u "
-                     "-DEFL_ROW_BARRIER=%d%s%s",
-                     kp->vw, kp->wgx, kp->apply_wg, kp->fp64, kp->fma, kp->unroll, kp->row_barrier, extra ? " " : "", extra ? extra : "");
+                     "-DEFL_ROW_BARRIER=%d -DEFL_DTYPE=%d%s%s",
+                     kp->vw, kp->wgx, kp->apply_wg, kp->fp64, kp->fma, kp->unroll, kp->row_barrier, kp->dtype, extra ? " " : "", extra ? extra : "");
     (void)info; /* every supported device compiles OpenCL C 1.2 (efl_device_query) */
     return n > 0 && (size_t)n < size;
 }

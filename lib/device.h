@@ -33,6 +33,7 @@ typedef struct {
     unsigned unroll;   /* rows per group in the step's row loop */
     int row_barrier;   /* the work-group sweeps each row together (CPU prefetchers) */
     unsigned rows;     /* rows per block; 0: efl_device_rows_per_block decides (not a define) */
+    int dtype;         /* efl_dtype of logits and gradients */
 } efl_kernel_params;
 
 efl_status efl_device_query(cl_device_id dev, efl_device_info *info, cl_int *err);

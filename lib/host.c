@@ -85,14 +85,20 @@ static cl_mem wrap_host(efl_loss *loss, const void *ptr, size_t bytes, cl_mem_fl
     return err == CL_SUCCESS ? m : NULL;
 }
 
-static efl_status run_host(efl_loss *loss, const float *logits, const int32_t *labels, size_t n, float normalizer,
-                           efl_reduction reduction, float *loss_out, float *grad_out, int is_step)
+typedef enum { HOST_FORWARD, HOST_STEP, HOST_ACCUMULATE } host_op;
+
+/* One call on host arrays: x is the logits, or the caller's gradient for HOST_ACCUMULATE. */
+static efl_status run_host(efl_loss *loss, host_op op, efl_dtype dtype, const void *x_host, const int32_t *labels,
+                           size_t n, float normalizer, efl_reduction reduction, float grad_scale, float *loss_out,
+                           void *grad_out)
 {
     if (!loss)
         return EFL_ERROR_NULL_HANDLE;
-    if (!loss_out || (n > 0 && (!logits || !labels)))
+    if ((op != HOST_ACCUMULATE && !loss_out) || (n > 0 && (!x_host || !labels)))
         return EFL_ERROR_NULL_BUFFER;
-    const size_t C = loss->cfg.num_classes;
+    const size_t C = loss->cfg.num_classes, esize = efl_dtype_size(dtype);
+    if (esize == 0)
+        return EFL_ERROR_INVALID_DTYPE;
     if (n > SIZE_MAX / sizeof(float) / C)
         return EFL_ERROR_TOO_MANY_ROWS;
     efl_status st = ensure_staging(loss, 1);
@@ -100,15 +106,17 @@ static efl_status run_host(efl_loss *loss, const float *logits, const int32_t *l
         return st;
     cl_command_queue q = loss->host_queue;
     cl_int err = CL_SUCCESS;
+    const int want_grad = op == HOST_STEP && grad_out;
 
-    /* Zero copy where the device shares host memory, else staging buffers. */
+    /* Zero copy where the device shares host memory, else staging buffers (sized for float32,
+     * so any storage type fits). */
     cl_mem x = NULL, y = NULL, g = NULL;
     if (n > 0 && labels_valid(loss, labels, n)) {
-        x = wrap_host(loss, logits, n * C * sizeof(float), CL_MEM_READ_ONLY);
+        x = wrap_host(loss, x_host, n * C * esize, CL_MEM_READ_ONLY);
         y = x ? wrap_host(loss, labels, n * sizeof(cl_int), CL_MEM_READ_ONLY) : NULL;
-        g = y && is_step && grad_out ? wrap_host(loss, grad_out, n * C * sizeof(float), CL_MEM_WRITE_ONLY) : NULL;
+        g = y && want_grad ? wrap_host(loss, grad_out, n * C * esize, CL_MEM_WRITE_ONLY) : NULL;
     }
-    const int zero_copy = y && (g || !is_step || !grad_out);
+    const int zero_copy = y && (g || !want_grad);
     if (!zero_copy) {
         if (x)
             clReleaseMemObject(x);
@@ -120,38 +128,49 @@ static efl_status run_host(efl_loss *loss, const float *logits, const int32_t *l
         if ((st = ensure_staging(loss, n > 0 ? n : 1)) != EFL_OK)
             return st;
         if (n > 0) {
-            err = clEnqueueWriteBuffer(q, loss->host_x, CL_FALSE, 0, n * C * sizeof(float), logits, 0, NULL, NULL);
+            err = clEnqueueWriteBuffer(q, loss->host_x, CL_FALSE, 0, n * C * esize, x_host, 0, NULL, NULL);
             if (err == CL_SUCCESS)
                 err = clEnqueueWriteBuffer(q, loss->host_y, CL_FALSE, 0, n * sizeof(cl_int), labels, 0, NULL, NULL);
             if (err != CL_SUCCESS)
                 return efl_cl_fail(loss->ctx, err);
         }
-    } else if (is_step && !grad_out && (st = ensure_staging(loss, n)) != EFL_OK) {
+    } else if (op == HOST_STEP && !grad_out && (st = ensure_staging(loss, n)) != EFL_OK) {
         clReleaseMemObject(x);
         clReleaseMemObject(y);
         return st;
     }
     cl_mem bx = zero_copy ? x : loss->host_x, by = zero_copy ? y : loss->host_y, bg = g ? g : loss->host_g;
-    st = is_step ? efl_enqueue_step(loss, q, bx, by, n, normalizer, reduction, loss->host_loss, bg, 0, NULL, NULL)
-                 : efl_enqueue_forward(loss, q, bx, by, n, normalizer, reduction, loss->host_loss, 0, NULL, NULL);
+    switch (op) {
+    case HOST_STEP:
+        st = efl_enqueue_step_typed(loss, q, dtype, bx, by, n, normalizer, reduction, loss->host_loss, bg, 0, NULL,
+                                    NULL);
+        break;
+    case HOST_FORWARD:
+        st = efl_enqueue_forward_typed(loss, q, dtype, bx, by, n, normalizer, reduction, loss->host_loss, 0, NULL,
+                                       NULL);
+        break;
+    case HOST_ACCUMULATE:
+        st = efl_enqueue_accumulate(loss, q, dtype, bx, by, n, grad_scale, 0, NULL, NULL);
+        break;
+    }
     if (st == EFL_OK)
         st = efl_loss_query_status(loss, q); /* waits; only a step the device accepted goes out */
     float value = 0.0f;
-    if (st == EFL_OK) {
+    if (st == EFL_OK && op != HOST_ACCUMULATE) {
         err = clEnqueueReadBuffer(q, loss->host_loss, CL_TRUE, 0, sizeof value, &value, 0, NULL, NULL);
         if (err == CL_SUCCESS && g) {
             /* map and unmap: what makes the gradient visible in the caller's array by the spec */
-            void *p = clEnqueueMapBuffer(q, g, CL_TRUE, CL_MAP_READ, 0, n * C * sizeof(float), 0, NULL, NULL, &err);
+            void *p = clEnqueueMapBuffer(q, g, CL_TRUE, CL_MAP_READ, 0, n * C * esize, 0, NULL, NULL, &err);
             if (err == CL_SUCCESS)
                 err = clEnqueueUnmapMemObject(q, g, p, 0, NULL, NULL);
             if (err == CL_SUCCESS)
                 err = clFinish(q);
-        } else if (err == CL_SUCCESS && is_step && grad_out && n > 0) {
-            err = clEnqueueReadBuffer(q, loss->host_g, CL_TRUE, 0, n * C * sizeof(float), grad_out, 0, NULL, NULL);
+        } else if (err == CL_SUCCESS && want_grad && n > 0) {
+            err = clEnqueueReadBuffer(q, loss->host_g, CL_TRUE, 0, n * C * esize, grad_out, 0, NULL, NULL);
         }
         if (err != CL_SUCCESS)
             st = efl_cl_fail(loss->ctx, err);
-    } else {
+    } else if (st != EFL_OK) {
         clFinish(q); /* the staging writes read the caller's arrays */
     }
     if (x)
@@ -160,21 +179,49 @@ static efl_status run_host(efl_loss *loss, const float *logits, const int32_t *l
         clReleaseMemObject(y);
     if (g)
         clReleaseMemObject(g);
-    if (st == EFL_OK)
+    if (st == EFL_OK && loss_out)
         *loss_out = value;
     return st;
+}
+
+efl_status efl_loss_step_host_typed(efl_loss *loss, efl_dtype dtype, const void *logits, const int32_t *labels,
+                                    size_t n, float normalizer, efl_reduction reduction, float *loss_out,
+                                    void *grad_out)
+{
+    return run_host(loss, HOST_STEP, dtype, logits, labels, n, normalizer, reduction, 1.0f, loss_out, grad_out);
+}
+
+efl_status efl_loss_forward_host_typed(efl_loss *loss, efl_dtype dtype, const void *logits, const int32_t *labels,
+                                       size_t n, float normalizer, efl_reduction reduction, float *loss_out)
+{
+    return run_host(loss, HOST_FORWARD, dtype, logits, labels, n, normalizer, reduction, 1.0f, loss_out, NULL);
 }
 
 efl_status efl_loss_step_host(efl_loss *loss, const float *logits, const int32_t *labels, size_t n, float normalizer,
                               efl_reduction reduction, float *loss_out, float *grad_out)
 {
-    return run_host(loss, logits, labels, n, normalizer, reduction, loss_out, grad_out, 1);
+    return efl_loss_step_host_typed(loss, EFL_DTYPE_FLOAT32, logits, labels, n, normalizer, reduction, loss_out,
+                                    grad_out);
 }
 
 efl_status efl_loss_forward_host(efl_loss *loss, const float *logits, const int32_t *labels, size_t n,
                                  float normalizer, efl_reduction reduction, float *loss_out)
 {
-    return run_host(loss, logits, labels, n, normalizer, reduction, loss_out, NULL, 0);
+    return efl_loss_forward_host_typed(loss, EFL_DTYPE_FLOAT32, logits, labels, n, normalizer, reduction, loss_out);
+}
+
+efl_status efl_loss_accumulate_host(efl_loss *loss, efl_dtype dtype, const void *grad, const int32_t *labels, size_t n,
+                                    float grad_scale)
+{
+    return run_host(loss, HOST_ACCUMULATE, dtype, grad, labels, n, 1.0f, EFL_REDUCTION_SUM, grad_scale, NULL, NULL);
+}
+
+efl_status efl_loss_skipped_steps_host(efl_loss *loss, uint32_t *count)
+{
+    if (!loss)
+        return EFL_ERROR_NULL_HANDLE;
+    efl_status st = ensure_queue(loss);
+    return st == EFL_OK ? efl_loss_skipped_steps(loss, loss->host_queue, count) : st;
 }
 
 efl_status efl_loss_read_state_host(efl_loss *loss, double *pos_grad, double *neg_grad, double *pos_neg)

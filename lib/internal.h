@@ -31,7 +31,8 @@ struct efl_loss_s {
     efl_kernel_params kp;
     cl_uint cpad;     /* C rounded up to whole step work-groups (efl_device_padded_columns) */
     size_t acc_bytes; /* one accumulator: double or float pair, 8 bytes either way */
-    cl_kernel k_step, k_reduce, k_apply;
+    cl_kernel k_step[3]; /* per efl_dtype, built on first use */
+    cl_kernel k_reduce, k_apply;
     cl_mem state;      /* [3][C] acc: pos_grad, neg_grad, pos_neg */
     cl_mem table;      /* [3][cpad] float: gamma_j hi, lo, w_j for the next step */
     cl_mem info;       /* [2] uint: flags of the last call, refused steps */
@@ -55,6 +56,11 @@ void efl_log_locked(efl_context *ctx, const char *fmt, ...);
 /* program.c: the context's program for these parameters, built once and cached. */
 efl_status efl_program_get(efl_context *ctx, const efl_kernel_params *kp, cl_program *out);
 void efl_program_cache_release(efl_context *ctx);
+
+/* loss.c: the step kernel for a storage type, compiled on first use. */
+efl_status efl_loss_step_kernel(efl_loss *loss, efl_dtype dtype, cl_kernel *out);
+/* Bytes of one logit or gradient element; 0 for an invalid dtype. */
+size_t efl_dtype_size(efl_dtype dtype);
 
 /* step.c: argument checks shared by the enqueue calls and the host conveniences. */
 efl_status efl_check_queue(const efl_loss *loss, cl_command_queue queue);

@@ -16,6 +16,17 @@ void efl_loss_config_init(efl_loss_config *cfg, uint32_t num_classes)
     cfg->loss_weight = 1.0f;
     cfg->ignore_index = -1;
     cfg->labels = EFL_LABELS_REFERENCE;
+    cfg->accumulate = EFL_ACCUMULATE_AUTO;
+}
+
+size_t efl_dtype_size(efl_dtype dtype)
+{
+    switch (dtype) {
+    case EFL_DTYPE_FLOAT32: return 4;
+    case EFL_DTYPE_FLOAT16:
+    case EFL_DTYPE_BFLOAT16: return 2;
+    }
+    return 0;
 }
 
 /* Largest C: the state and table are small, but C x rows must index safely. */
@@ -32,6 +43,8 @@ static efl_status check_config(const efl_loss_config *cfg)
         return EFL_ERROR_INVALID_PARAMETER;
     if (cfg->labels != EFL_LABELS_REFERENCE && cfg->labels != EFL_LABELS_ZERO_BASED)
         return EFL_ERROR_INVALID_LABEL_CONVENTION;
+    if (cfg->accumulate != EFL_ACCUMULATE_AUTO && cfg->accumulate != EFL_ACCUMULATE_FLOAT_PAIRS)
+        return EFL_ERROR_INVALID_PARAMETER;
     /* Both conventions use 0..C as labels; an ignore_index among them would be ambiguous. */
     if (cfg->ignore_index >= 0 && (uint32_t)cfg->ignore_index <= cfg->num_classes)
         return EFL_ERROR_INVALID_IGNORE_INDEX;
@@ -91,13 +104,36 @@ static efl_status create_kernels(efl_loss *loss)
     if (st != EFL_OK)
         return st;
     cl_int e[3];
-    loss->k_step = clCreateKernel(prog, "efl_step", &e[0]);
+    loss->k_step[EFL_DTYPE_FLOAT32] = clCreateKernel(prog, "efl_step", &e[0]);
     loss->k_reduce = clCreateKernel(prog, "efl_reduce", &e[1]);
     loss->k_apply = clCreateKernel(prog, "efl_apply", &e[2]);
     clReleaseProgram(prog); /* kernels keep it alive */
     for (int i = 0; i < 3; ++i)
         if (e[i] != CL_SUCCESS)
             return efl_cl_fail(loss->ctx, e[i]);
+    return EFL_OK;
+}
+
+/* float16 and bfloat16 need their own build of efl_step (the storage type is a define); the
+ * reduce and apply kernels of the float32 program serve every type. */
+efl_status efl_loss_step_kernel(efl_loss *loss, efl_dtype dtype, cl_kernel *out)
+{
+    if (!loss->k_step[dtype]) {
+        efl_kernel_params kp = loss->kp;
+        kp.dtype = (int)dtype;
+        cl_program prog = NULL;
+        efl_status st = efl_program_get(loss->ctx, &kp, &prog);
+        if (st != EFL_OK)
+            return st;
+        cl_int err = CL_SUCCESS;
+        loss->k_step[dtype] = clCreateKernel(prog, "efl_step", &err);
+        clReleaseProgram(prog);
+        if (err != CL_SUCCESS) {
+            loss->k_step[dtype] = NULL;
+            return efl_cl_fail(loss->ctx, err);
+        }
+    }
+    *out = loss->k_step[dtype];
     return EFL_OK;
 }
 
@@ -117,6 +153,8 @@ efl_status efl_loss_create(efl_context *ctx, const efl_loss_config *cfg, efl_los
     loss->ctx = ctx;
     loss->cfg = *cfg;
     loss->kp = efl_device_kernel_params(&ctx->info, cfg->num_classes);
+    if (cfg->accumulate == EFL_ACCUMULATE_FLOAT_PAIRS)
+        loss->kp.fp64 = 0;
     loss->cpad = (cl_uint)efl_device_padded_columns(&loss->kp, cfg->num_classes);
     loss->acc_bytes = 8; /* sizeof(double) == sizeof(float2) */
     st = create_kernels(loss);
@@ -150,8 +188,9 @@ void efl_loss_destroy(efl_loss *loss)
                       &loss->host_y,   &loss->host_g,      &loss->host_loss};
     for (size_t i = 0; i < sizeof mems / sizeof *mems; ++i)
         release_mem(mems[i]);
-    if (loss->k_step)
-        clReleaseKernel(loss->k_step);
+    for (int d = 0; d < 3; ++d)
+        if (loss->k_step[d])
+            clReleaseKernel(loss->k_step[d]);
     if (loss->k_reduce)
         clReleaseKernel(loss->k_reduce);
     if (loss->k_apply)

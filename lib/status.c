@@ -30,6 +30,8 @@ const char *efl_status_string(efl_status status)
     case EFL_ERROR_BUILD_FAILED: return "kernel build failed";
     case EFL_ERROR_OUT_OF_MEMORY: return "out of memory";
     case EFL_ERROR_OPENCL: return "OpenCL error";
+    case EFL_ERROR_NONFINITE: return "non-finite value (Inf or NaN): step skipped";
+    case EFL_ERROR_INVALID_DTYPE: return "invalid dtype";
     case EFL_STATUS_COUNT_: break;
     }
     return "unknown status";

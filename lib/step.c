@@ -7,6 +7,7 @@
 #define EFL_APPLY_FORWARD 0 /* kernels/efl_apply.cl */
 #define EFL_APPLY_STEP 1
 #define EFL_APPLY_REFRESH 2
+#define EFL_APPLY_ACCUMULATE 3
 
 efl_status efl_check_queue(const efl_loss *loss, cl_command_queue queue)
 {
@@ -94,7 +95,7 @@ static cl_int chain_kernel(chain *ch, cl_kernel k, cl_uint dims, const size_t *g
 }
 
 /* Arguments of efl_apply (kernels/efl_apply.cl) for one mode. */
-static cl_int set_apply_args(efl_loss *loss, cl_mem loss_out, float scale, cl_int mode)
+static cl_int set_apply_args(efl_loss *loss, cl_mem loss_out, float scale, cl_int mode, float stat_scale)
 {
     const cl_uint cc = loss->cfg.num_classes, cpad = loss->cpad;
     const float gamma_b = loss->cfg.gamma, s = loss->cfg.scale_factor;
@@ -112,42 +113,41 @@ static cl_int set_apply_args(efl_loss *loss, cl_mem loss_out, float scale, cl_in
     ARG(k, 9, s);
     ARG(k, 10, scale);
     ARG(k, 11, mode);
+    ARG(k, 12, stat_scale);
     return err;
 }
 
-static efl_status enqueue(efl_loss *loss, cl_command_queue queue, cl_mem logits, cl_mem labels, size_t n,
-                          float normalizer, efl_reduction reduction, cl_mem loss_out, cl_mem grad, int is_step,
-                          cl_uint nwait, const cl_event *wait, cl_event *event)
-{
-    if (!loss)
-        return EFL_ERROR_NULL_HANDLE;
-    efl_status st = efl_check_queue(loss, queue);
-    if (st == EFL_OK)
-        st = check_wait_list(nwait, wait);
-    if (st != EFL_OK)
-        return st;
-    if (!isfinite(normalizer) || normalizer <= 0.0f)
-        return EFL_ERROR_INVALID_NORMALIZER;
-    if (reduction != EFL_REDUCTION_MEAN && reduction != EFL_REDUCTION_SUM)
-        return EFL_ERROR_INVALID_REDUCTION;
-    const float scale = reduction == EFL_REDUCTION_MEAN ? loss->cfg.loss_weight / normalizer : loss->cfg.loss_weight;
-    if (!isfinite(scale))
-        return EFL_ERROR_INVALID_NORMALIZER; /* loss_weight / normalizer overflows float */
+typedef enum { OP_FORWARD, OP_STEP, OP_ACCUMULATE } op_kind;
 
+/* Every enqueue: check everything, then efl_step (or its collect mode) -> efl_reduce ->
+ * efl_apply on the caller's queue. `x` is the logits, or the caller's gradient for
+ * OP_ACCUMULATE; `scale` is the loss scale (loss_weight / normalizer or loss_weight), or
+ * 1 / grad_scale for OP_ACCUMULATE. */
+static efl_status enqueue(efl_loss *loss, cl_command_queue queue, op_kind op, efl_dtype dtype, cl_mem x,
+                          cl_mem labels, size_t n, float scale, cl_mem loss_out, cl_mem grad, cl_uint nwait,
+                          const cl_event *wait, cl_event *event)
+{
+    const size_t esize = efl_dtype_size(dtype);
+    if (esize == 0)
+        return EFL_ERROR_INVALID_DTYPE;
     const size_t C = loss->cfg.num_classes;
     /* Rows and row blocks are uint on the device. */
     if (n > (size_t)INT32_MAX || n > SIZE_MAX / sizeof(float) / C)
         return EFL_ERROR_TOO_MANY_ROWS;
-    if ((st = check_buffer(loss, loss_out, sizeof(float))) != EFL_OK)
+    efl_status st;
+    if (op != OP_ACCUMULATE && (st = check_buffer(loss, loss_out, sizeof(float))) != EFL_OK)
         return st;
     if (n > 0) {
-        if ((st = check_buffer(loss, logits, n * C * sizeof(float))) != EFL_OK)
+        if ((st = check_buffer(loss, x, n * C * esize)) != EFL_OK)
             return st;
         if ((st = check_buffer(loss, labels, n * sizeof(cl_int))) != EFL_OK)
             return st;
-        if (is_step && (st = check_buffer(loss, grad, n * C * sizeof(float))) != EFL_OK)
+        if (op == OP_STEP && (st = check_buffer(loss, grad, n * C * esize)) != EFL_OK)
             return st;
     }
+    cl_kernel k_step = NULL;
+    if ((st = efl_loss_step_kernel(loss, dtype, &k_step)) != EFL_OK)
+        return st;
 
     const cl_uint rows = efl_device_rows_per_block(&loss->ctx->info, &loss->kp, n);
     const cl_uint nblocks = (cl_uint)((n + rows - 1) / rows);
@@ -162,15 +162,17 @@ static efl_status enqueue(efl_loss *loss, cl_command_queue queue, cl_mem logits,
     const int has_alpha = loss->cfg.alpha >= 0.0f;
     const float alpha_pos = has_alpha ? loss->cfg.alpha : 1.0f;
     const float alpha_neg = has_alpha ? 1.0f - loss->cfg.alpha : 1.0f;
-    const cl_int ignore = loss->cfg.ignore_index, conv = (cl_int)loss->cfg.labels, write_grad = is_step;
+    const cl_int ignore = loss->cfg.ignore_index, conv = (cl_int)loss->cfg.labels;
+    const cl_int write_grad = op == OP_STEP, collect = op == OP_ACCUMULATE;
+    const float grad_scale = op == OP_ACCUMULATE ? 1.0f : scale;
     const cl_mem no_grad = NULL;
     cl_int err = CL_SUCCESS;
 
     if (n > 0) {
-        cl_kernel k = loss->k_step;
-        ARG(k, 0, logits);
+        cl_kernel k = k_step;
+        ARG(k, 0, x);
         ARG(k, 1, labels);
-        if (is_step)
+        if (op == OP_STEP)
             ARG(k, 2, grad);
         else
             ARG(k, 2, no_grad);
@@ -183,10 +185,11 @@ static efl_status enqueue(efl_loss *loss, cl_command_queue queue, cl_mem logits,
         ARG(k, 9, rows);
         ARG(k, 10, alpha_pos);
         ARG(k, 11, alpha_neg);
-        ARG(k, 12, scale);
+        ARG(k, 12, grad_scale);
         ARG(k, 13, ignore);
         ARG(k, 14, conv);
         ARG(k, 15, write_grad);
+        ARG(k, 16, collect);
         const size_t global[2] = {cpad / loss->kp.vw, nblocks}, local[2] = {loss->kp.wgx, 1};
         if (err == CL_SUCCESS)
             err = chain_kernel(&ch, k, 2, global, local, 0, event);
@@ -210,9 +213,13 @@ static efl_status enqueue(efl_loss *loss, cl_command_queue queue, cl_mem logits,
     }
     {
         /* n == 0: loss 0 and no state change, so the state update is not run at all. */
-        const cl_int mode = is_step && n > 0 ? EFL_APPLY_STEP : EFL_APPLY_FORWARD;
+        const cl_int mode = n == 0 || op == OP_FORWARD ? EFL_APPLY_FORWARD
+                            : op == OP_STEP            ? EFL_APPLY_STEP
+                                                       : EFL_APPLY_ACCUMULATE;
         const size_t global = loss->kp.apply_wg;
-        err = set_apply_args(loss, loss_out, scale, mode);
+        /* an accumulate writes no loss: info stands in for the loss buffer */
+        err = set_apply_args(loss, op == OP_ACCUMULATE ? loss->info : loss_out, op == OP_ACCUMULATE ? 1.0f : scale,
+                             mode, op == OP_ACCUMULATE ? scale : 1.0f);
         if (err == CL_SUCCESS)
             err = chain_kernel(&ch, loss->k_apply, 1, &global, &global, 1, event);
         if (err != CL_SUCCESS)
@@ -221,19 +228,76 @@ static efl_status enqueue(efl_loss *loss, cl_command_queue queue, cl_mem logits,
     return EFL_OK;
 }
 
+/* Checks shared by step and forward, then the enqueue. */
+static efl_status enqueue_loss(efl_loss *loss, cl_command_queue queue, efl_dtype dtype, cl_mem logits, cl_mem labels,
+                               size_t n, float normalizer, efl_reduction reduction, cl_mem loss_out, cl_mem grad,
+                               op_kind op, cl_uint nwait, const cl_event *wait, cl_event *event)
+{
+    if (!loss)
+        return EFL_ERROR_NULL_HANDLE;
+    efl_status st = efl_check_queue(loss, queue);
+    if (st == EFL_OK)
+        st = check_wait_list(nwait, wait);
+    if (st != EFL_OK)
+        return st;
+    if (!isfinite(normalizer) || normalizer <= 0.0f)
+        return EFL_ERROR_INVALID_NORMALIZER;
+    if (reduction != EFL_REDUCTION_MEAN && reduction != EFL_REDUCTION_SUM)
+        return EFL_ERROR_INVALID_REDUCTION;
+    const float scale = reduction == EFL_REDUCTION_MEAN ? loss->cfg.loss_weight / normalizer : loss->cfg.loss_weight;
+    if (!isfinite(scale))
+        return EFL_ERROR_INVALID_NORMALIZER; /* loss_weight / normalizer overflows float */
+    return enqueue(loss, queue, op, dtype, logits, labels, n, scale, loss_out, grad, nwait, wait, event);
+}
+
+efl_status efl_enqueue_step_typed(efl_loss *loss, cl_command_queue queue, efl_dtype dtype, cl_mem logits,
+                                  cl_mem labels, size_t n, float normalizer, efl_reduction reduction, cl_mem loss_out,
+                                  cl_mem grad_out, cl_uint num_events_in_wait_list, const cl_event *event_wait_list,
+                                  cl_event *event)
+{
+    return enqueue_loss(loss, queue, dtype, logits, labels, n, normalizer, reduction, loss_out, grad_out, OP_STEP,
+                        num_events_in_wait_list, event_wait_list, event);
+}
+
+efl_status efl_enqueue_forward_typed(efl_loss *loss, cl_command_queue queue, efl_dtype dtype, cl_mem logits,
+                                     cl_mem labels, size_t n, float normalizer, efl_reduction reduction,
+                                     cl_mem loss_out, cl_uint num_events_in_wait_list,
+                                     const cl_event *event_wait_list, cl_event *event)
+{
+    return enqueue_loss(loss, queue, dtype, logits, labels, n, normalizer, reduction, loss_out, NULL, OP_FORWARD,
+                        num_events_in_wait_list, event_wait_list, event);
+}
+
 efl_status efl_enqueue_step(efl_loss *loss, cl_command_queue queue, cl_mem logits, cl_mem labels, size_t n,
                             float normalizer, efl_reduction reduction, cl_mem loss_out, cl_mem grad_out,
                             cl_uint num_events_in_wait_list, const cl_event *event_wait_list, cl_event *event)
 {
-    return enqueue(loss, queue, logits, labels, n, normalizer, reduction, loss_out, grad_out, 1,
-                   num_events_in_wait_list, event_wait_list, event);
+    return efl_enqueue_step_typed(loss, queue, EFL_DTYPE_FLOAT32, logits, labels, n, normalizer, reduction, loss_out,
+                                  grad_out, num_events_in_wait_list, event_wait_list, event);
 }
 
 efl_status efl_enqueue_forward(efl_loss *loss, cl_command_queue queue, cl_mem logits, cl_mem labels, size_t n,
                                float normalizer, efl_reduction reduction, cl_mem loss_out,
                                cl_uint num_events_in_wait_list, const cl_event *event_wait_list, cl_event *event)
 {
-    return enqueue(loss, queue, logits, labels, n, normalizer, reduction, loss_out, NULL, 0,
+    return efl_enqueue_forward_typed(loss, queue, EFL_DTYPE_FLOAT32, logits, labels, n, normalizer, reduction,
+                                     loss_out, num_events_in_wait_list, event_wait_list, event);
+}
+
+efl_status efl_enqueue_accumulate(efl_loss *loss, cl_command_queue queue, efl_dtype dtype, cl_mem grad, cl_mem labels,
+                                  size_t n, float grad_scale, cl_uint num_events_in_wait_list,
+                                  const cl_event *event_wait_list, cl_event *event)
+{
+    if (!loss)
+        return EFL_ERROR_NULL_HANDLE;
+    efl_status st = efl_check_queue(loss, queue);
+    if (st == EFL_OK)
+        st = check_wait_list(num_events_in_wait_list, event_wait_list);
+    if (st != EFL_OK)
+        return st;
+    if (!isfinite(grad_scale) || grad_scale <= 0.0f || !isfinite(1.0f / grad_scale))
+        return EFL_ERROR_INVALID_PARAMETER;
+    return enqueue(loss, queue, OP_ACCUMULATE, dtype, grad, labels, n, 1.0f / grad_scale, NULL, NULL,
                    num_events_in_wait_list, event_wait_list, event);
 }
 
@@ -242,7 +306,7 @@ efl_status efl_refresh_table(efl_loss *loss, cl_command_queue queue)
 {
     const size_t global = loss->kp.apply_wg;
     /* refresh mode writes no loss: info stands in for the loss buffer */
-    cl_int err = set_apply_args(loss, loss->info, 1.0f, EFL_APPLY_REFRESH);
+    cl_int err = set_apply_args(loss, loss->info, 1.0f, EFL_APPLY_REFRESH, 1.0f);
     if (err == CL_SUCCESS)
         err = clEnqueueNDRangeKernel(queue, loss->k_apply, 1, NULL, &global, &global, 0, NULL, NULL);
     return err == CL_SUCCESS ? EFL_OK : efl_cl_fail(loss->ctx, err);
@@ -259,5 +323,21 @@ efl_status efl_loss_query_status(efl_loss *loss, cl_command_queue queue)
     cl_int err = clEnqueueReadBuffer(queue, loss->info, CL_TRUE, 0, sizeof flags, &flags, 0, NULL, NULL);
     if (err != CL_SUCCESS)
         return efl_cl_fail(loss->ctx, err);
-    return flags ? EFL_ERROR_INVALID_LABEL : EFL_OK;
+    /* bit 0: an invalid label (efl_step), bit 1: a non-finite value (efl_apply) */
+    return (flags & 1u) ? EFL_ERROR_INVALID_LABEL : (flags & 2u) ? EFL_ERROR_NONFINITE : EFL_OK;
+}
+
+efl_status efl_loss_skipped_steps(efl_loss *loss, cl_command_queue queue, uint32_t *count)
+{
+    if (!loss || !count)
+        return EFL_ERROR_NULL_HANDLE;
+    efl_status st = efl_check_queue(loss, queue);
+    if (st != EFL_OK)
+        return st;
+    cl_uint info[2] = {0, 0};
+    cl_int err = clEnqueueReadBuffer(queue, loss->info, CL_TRUE, 0, sizeof info, info, 0, NULL, NULL);
+    if (err != CL_SUCCESS)
+        return efl_cl_fail(loss->ctx, err);
+    *count = info[1];
+    return EFL_OK;
 }

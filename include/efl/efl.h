@@ -86,7 +86,10 @@ typedef enum {
     EFL_ERROR_BUILD_FAILED = 20,        /* kernel compilation failed: see efl_context_log() */
     EFL_ERROR_OUT_OF_MEMORY = 21,       /* host or device allocation failed */
     EFL_ERROR_OPENCL = 22,              /* an OpenCL call failed: efl_context_last_cl_error() */
-    EFL_STATUS_COUNT_ = 23
+    EFL_ERROR_NONFINITE = 23,           /* found on the device: Inf or NaN in a valid row's logits or
+                                           supplied gradient; the step was skipped */
+    EFL_ERROR_INVALID_DTYPE = 24,       /* not an efl_dtype value */
+    EFL_STATUS_COUNT_ = 25
 } efl_status;
 
 /* A short, constant English name for a status ("invalid normalizer"). Never NULL. */
@@ -139,6 +142,19 @@ typedef enum {
     EFL_LABELS_ZERO_BASED = 1 /* k in 0..C-1 = column k, C = background */
 } efl_label_convention;
 
+/* How the per-class running totals are kept on the device. */
+typedef enum {
+    EFL_ACCUMULATE_AUTO = 0,       /* float64 where the device has cl_khr_fp64, else float pairs */
+    EFL_ACCUMULATE_FLOAT_PAIRS = 1 /* compensated float pairs (~48 bits) on any device */
+} efl_accumulate;
+
+/* Storage of logits and gradients in device buffers and host arrays; arithmetic is float32. */
+typedef enum {
+    EFL_DTYPE_FLOAT32 = 0,
+    EFL_DTYPE_FLOAT16 = 1, /* IEEE half, through vload_half/vstore_half (no cl_khr_fp16 needed) */
+    EFL_DTYPE_BFLOAT16 = 2 /* the top 16 bits of a float32, rounded to nearest even */
+} efl_dtype;
+
 typedef enum {
     EFL_REDUCTION_MEAN = 0, /* loss_weight * sum / normalizer */
     EFL_REDUCTION_SUM = 1   /* loss_weight * sum */
@@ -152,6 +168,7 @@ typedef struct {
     float loss_weight;    /* 1.0 */
     int32_t ignore_index; /* -1; rows with this label are ignored */
     efl_label_convention labels;
+    efl_accumulate accumulate; /* EFL_ACCUMULATE_AUTO */
 } efl_loss_config;
 
 /* Fill cfg with the reference defaults for C classes. */
@@ -188,9 +205,37 @@ EFL_API efl_status efl_enqueue_forward(efl_loss *loss, cl_command_queue queue, c
                                        cl_uint num_events_in_wait_list, const cl_event *event_wait_list,
                                        cl_event *event);
 
+/* The same with logits and gradient stored as `dtype` (buffer sizes in that type's bytes).
+ * The statistics use the float32 gradient before it is rounded to storage. */
+EFL_API efl_status efl_enqueue_step_typed(efl_loss *loss, cl_command_queue queue, efl_dtype dtype, cl_mem logits,
+                                          cl_mem labels, size_t n, float normalizer, efl_reduction reduction,
+                                          cl_mem loss_out, cl_mem grad_out, cl_uint num_events_in_wait_list,
+                                          const cl_event *event_wait_list, cl_event *event);
+EFL_API efl_status efl_enqueue_forward_typed(efl_loss *loss, cl_command_queue queue, efl_dtype dtype, cl_mem logits,
+                                             cl_mem labels, size_t n, float normalizer, efl_reduction reduction,
+                                             cl_mem loss_out, cl_uint num_events_in_wait_list,
+                                             const cl_event *event_wait_list, cl_event *event);
+
+/* Gradient accumulation from a gradient G [n, C] the caller computed (SPEC: a framework's own
+ * backward, possibly scaled, e.g. by an AMP loss scale): P_j and N_j are the sums of
+ * |G| / grad_scale over valid rows, then the state update. grad_scale > 0 and finite (1 for an
+ * unscaled gradient). A G holding Inf or NaN in a valid row (an AMP overflow step) is skipped
+ * on the device: the state stays as it was, the skip is counted (efl_loss_skipped_steps) and
+ * efl_loss_query_status() returns EFL_ERROR_NONFINITE. No host synchronisation. */
+EFL_API efl_status efl_enqueue_accumulate(efl_loss *loss, cl_command_queue queue, efl_dtype dtype, cl_mem grad,
+                                          cl_mem labels, size_t n, float grad_scale,
+                                          cl_uint num_events_in_wait_list, const cl_event *event_wait_list,
+                                          cl_event *event);
+
 /* Blocking: waits for `queue` to finish, then reports what the device found in the most recent
- * step or forward of this loss: EFL_OK or EFL_ERROR_INVALID_LABEL. */
+ * step, forward or accumulate of this loss: EFL_OK, EFL_ERROR_INVALID_LABEL, or
+ * EFL_ERROR_NONFINITE (Inf or NaN in a valid row's logits or gradient). Steps and accumulates
+ * refused for either reason left the state untouched. */
 EFL_API efl_status efl_loss_query_status(efl_loss *loss, cl_command_queue queue);
+
+/* Blocking: how many steps and accumulates this loss has refused (invalid labels, non-finite
+ * values) since it was created. */
+EFL_API efl_status efl_loss_skipped_steps(efl_loss *loss, cl_command_queue queue, uint32_t *count);
 
 /* ------------------------------------------------------------------ state */
 /* State as float64 host arrays of C values each (any may be NULL to skip it on read).
@@ -213,6 +258,15 @@ EFL_API efl_status efl_loss_step_host(efl_loss *loss, const float *logits, const
                                       float *grad_out);
 EFL_API efl_status efl_loss_forward_host(efl_loss *loss, const float *logits, const int32_t *labels, size_t n,
                                          float normalizer, efl_reduction reduction, float *loss_out);
+EFL_API efl_status efl_loss_step_host_typed(efl_loss *loss, efl_dtype dtype, const void *logits,
+                                            const int32_t *labels, size_t n, float normalizer,
+                                            efl_reduction reduction, float *loss_out, void *grad_out);
+EFL_API efl_status efl_loss_forward_host_typed(efl_loss *loss, efl_dtype dtype, const void *logits,
+                                               const int32_t *labels, size_t n, float normalizer,
+                                               efl_reduction reduction, float *loss_out);
+EFL_API efl_status efl_loss_accumulate_host(efl_loss *loss, efl_dtype dtype, const void *grad, const int32_t *labels,
+                                            size_t n, float grad_scale);
+EFL_API efl_status efl_loss_skipped_steps_host(efl_loss *loss, uint32_t *count);
 EFL_API efl_status efl_loss_read_state_host(efl_loss *loss, double *pos_grad, double *neg_grad,
                                             double *pos_neg);
 EFL_API efl_status efl_loss_write_state_host(efl_loss *loss, const double *pos_grad, const double *neg_grad,

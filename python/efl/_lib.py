@@ -54,6 +54,7 @@ class Config(ctypes.Structure):
         ("loss_weight", ctypes.c_float),
         ("ignore_index", ctypes.c_int32),
         ("labels", ctypes.c_int),  # an enum: int-sized on every ABI we target
+        ("accumulate", ctypes.c_int),
     ]
 
 
