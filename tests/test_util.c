@@ -412,3 +412,86 @@ int tu_step_compare(tu_env *e, efl_loss *loss, const efl_ref_params *rp, efl_ref
     tu_release(bg);
     return ok;
 }
+
+/* ------------------------------------------------------- 16-bit storage */
+uint16_t tu_f32_to_f16(float f)
+{
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    const uint16_t sign = (uint16_t)((b >> 16) & 0x8000u);
+    if (isnan(f))
+        return (uint16_t)(sign | 0x7E00u);
+    const double a = fabs((double)f);
+    if (a == 0.0)
+        return sign;
+    if (a >= 65520.0) /* rounds to infinity */
+        return (uint16_t)(sign | 0x7C00u);
+    /* scale to an integer count of the smallest spacing at this magnitude, round half even */
+    int e;
+    frexp(a, &e); /* a = m 2^e, m in [0.5, 1) */
+    int exp16 = e - 1;         /* a = 1.x * 2^exp16 */
+    if (exp16 < -14)
+        exp16 = -14;           /* subnormal: spacing 2^-24 */
+    const double spacing = ldexp(1.0, exp16 - 10);
+    double q = a / spacing;    /* exact: a float has 24 bits */
+    double r = nearbyint(q);   /* default rounding mode: to nearest even */
+    uint32_t mant = (uint32_t)r;
+    uint32_t bits;
+    if (exp16 == -14 && mant < 1024u)
+        bits = mant; /* subnormal (or zero) */
+    else {
+        if (mant >= 2048u) { /* rounding carried into the next binade */
+            mant >>= 1;
+            ++exp16;
+        }
+        bits = ((uint32_t)(exp16 + 15) << 10) | (mant & 0x3FFu);
+    }
+    return (uint16_t)(sign | bits);
+}
+
+float tu_f16_to_f32(uint16_t h)
+{
+    const int sign = h >> 15, exp = (h >> 10) & 0x1F, mant = h & 0x3FF;
+    double v;
+    if (exp == 0)
+        v = ldexp((double)mant, -24);
+    else if (exp == 31)
+        v = mant ? NAN : INFINITY;
+    else
+        v = ldexp(1.0 + mant / 1024.0, exp - 15);
+    return (float)(sign ? -v : v);
+}
+
+uint16_t tu_f32_to_bf16(float f)
+{
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    if (isnan(f))
+        return (uint16_t)((b >> 16) | 0x40u);
+    const uint32_t low = b & 0xFFFFu, high = b >> 16;
+    /* round half to even on the dropped 16 bits */
+    const uint32_t up = low > 0x8000u || (low == 0x8000u && (high & 1u));
+    return (uint16_t)(high + up);
+}
+
+float tu_bf16_to_f32(uint16_t v)
+{
+    const uint32_t b = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+}
+
+double tu_f16_ulp(double v)
+{
+    int e;
+    frexp(fabs(v), &e);
+    return ldexp(1.0, (e - 1 < -14 ? -14 : e - 1) - 10);
+}
+
+double tu_bf16_ulp(double v)
+{
+    int e;
+    frexp(fabs(v), &e);
+    return ldexp(1.0, (e - 1 < -126 ? -126 : e - 1) - 7);
+}

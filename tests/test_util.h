@@ -111,6 +111,17 @@ size_t tu_make_labels(tu_rng *r, int32_t *y, size_t n, uint32_t C, const tu_labe
 int32_t tu_background_label(uint32_t C, int zero_based);
 int32_t tu_class_label(uint32_t column, int zero_based);
 
+/* ------------------------------------------------------- 16-bit storage */
+/* Written here from IEEE 754 / the bfloat16 definition, independently of the kernels: float to
+ * float16 and to bfloat16 with round to nearest even, and back (exact). */
+uint16_t tu_f32_to_f16(float f);
+float tu_f16_to_f32(uint16_t h);
+uint16_t tu_f32_to_bf16(float f);
+float tu_bf16_to_f32(uint16_t b);
+/* The spacing of the storage type's values at |v| (its ulp there; subnormal spacing below). */
+double tu_f16_ulp(double v);
+double tu_bf16_ulp(double v);
+
 /* ------------------------------------------------------- comparisons */
 /* |got - ref| <= rtol*|ref| + atol elementwise, got finite. On failure prints how many
  * elements failed and the worst one (largest excess over its tolerance), records a check

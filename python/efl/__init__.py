@@ -178,7 +178,8 @@ class EqualizedFocalLoss:
     gamma: focal gamma_b (> 0). alpha: 0.25; negative switches alpha weighting off.
     scale_factor: s (>= 0; 0 is plain focal loss). ignore_index: label of ignored rows.
     loss_weight: multiplies loss and gradient. labels: "reference" (0 = background,
-    k = column k-1) or "zero_based" (k = column k, C = background).
+    k = column k-1) or "zero_based" (k = column k, C = background). accumulate: "auto"
+    (float64 running totals where the device has them) or "float_pairs" (compensated floats).
 
     Calls on one loss are serialised by a lock; distinct losses may run concurrently.
     """
@@ -192,6 +193,7 @@ class EqualizedFocalLoss:
         ignore_index=-1,
         loss_weight=1.0,
         labels="reference",
+        accumulate="auto",
     ):
         self._handle = None
         self._lock = threading.Lock()
@@ -207,6 +209,8 @@ class EqualizedFocalLoss:
             raise ValueError("ignore_index must fit in int32, got %d" % ignore_index)
         if labels not in _lib.LABEL_CONVENTIONS:
             raise ValueError("labels must be one of %s, got %r" % (sorted(_lib.LABEL_CONVENTIONS), labels))
+        if accumulate not in _lib.ACCUMULATE:
+            raise ValueError("accumulate must be one of %s, got %r" % (sorted(_lib.ACCUMULATE), accumulate))
 
         lib = _lib.load()
         cfg = _lib.Config()
@@ -218,6 +222,7 @@ class EqualizedFocalLoss:
         cfg.loss_weight = float(loss_weight)
         cfg.ignore_index = ignore_index
         cfg.labels = _lib.LABEL_CONVENTIONS[labels]
+        cfg.accumulate = _lib.ACCUMULATE[accumulate]
 
         self.num_classes = num_classes
         self.gamma = float(gamma)
@@ -304,8 +309,23 @@ class EqualizedFocalLoss:
         }
 
     # ------------------------------------------------------------ arguments
-    def _inputs(self, logits, labels):
-        x = np.ascontiguousarray(logits, dtype=np.float32)
+    @staticmethod
+    def _storage(arr, dtype):
+        """The storage type of logits or a gradient: float32 (the default, anything converts),
+        float16 (np.float16 arrays), or bfloat16 (np.uint16 bit patterns, dtype="bfloat16")."""
+        if dtype is None:
+            dtype = "float16" if getattr(arr, "dtype", None) == np.float16 else "float32"
+        if dtype not in _lib.DTYPES:
+            raise ValueError("dtype must be one of %s, got %r" % (sorted(_lib.DTYPES), dtype))
+        if dtype == "bfloat16":
+            a = np.asarray(arr)
+            if a.dtype != np.uint16:
+                raise ValueError("bfloat16 values are passed as np.uint16 bit patterns, got dtype %s" % a.dtype)
+            return np.ascontiguousarray(a), dtype
+        return np.ascontiguousarray(arr, dtype=np.float16 if dtype == "float16" else np.float32), dtype
+
+    def _inputs(self, logits, labels, dtype=None):
+        x, dtype = self._storage(logits, dtype)
         if x.ndim != 2 or x.shape[1] != self.num_classes:
             raise ValueError(
                 "logits must have shape [N, %d] (num_classes columns), got %s" % (self.num_classes, tuple(x.shape))
@@ -325,7 +345,7 @@ class EqualizedFocalLoss:
         elif n:
             raise ValueError("labels must be integers, got dtype %s" % y.dtype)
         y = np.ascontiguousarray(y, dtype=np.int32)
-        return x, y, n
+        return x, y, n, dtype
 
     @staticmethod
     def _normalizer(normalizer):
@@ -344,40 +364,66 @@ class EqualizedFocalLoss:
             raise ValueError("reduction must be one of %s, got %r" % (sorted(_lib.REDUCTIONS), reduction))
 
     # ---------------------------------------------------------------- calls
-    def step(self, logits, labels, normalizer=None, reduction="mean"):
+    def step(self, logits, labels, normalizer=None, reduction="mean", dtype=None):
         """One training step: returns (loss, grad) and updates the per-class state.
 
-        logits: [N, C] array-like (converted to float32); labels: [N] integers.
-        normalizer: divides the loss for reduction="mean" (None means 1.0).
-        grad is d loss / d logits, float32 [N, C]. The state update uses this step's
-        gradient; the step itself uses the state from before it.
+        logits: [N, C] array-like, float32 by default; np.float16 arrays are stored as float16
+        (the gradient comes back as float16), and bfloat16 is passed as np.uint16 bit patterns
+        with dtype="bfloat16" (the gradient comes back the same way). Arithmetic is float32.
+        labels: [N] integers. normalizer: divides the loss for reduction="mean" (None: 1.0).
+        grad is d loss / d logits [N, C]. The state update uses this step's gradient; the step
+        itself uses the state from before it.
         """
-        x, y, n = self._inputs(logits, labels)
+        x, y, n, dtype = self._inputs(logits, labels, dtype)
         norm = self._normalizer(normalizer)
         red = self._reduction(reduction)
         out = np.zeros(1, dtype=np.float32)
-        grad = np.empty((n, self.num_classes), dtype=np.float32)
+        grad = np.empty((n, self.num_classes), dtype=x.dtype)
         lib = _lib.load()
         with self._lock:
-            st = lib.efl_loss_step_host(
-                self._live(), _ptr(x, _F32P), _ptr(y, _I32P), n, norm, red, _ptr(out, _F32P), _ptr(grad, _F32P)
+            st = lib.efl_loss_step_host_typed(
+                self._live(), _lib.DTYPES[dtype], x.ctypes.data, _ptr(y, _I32P), n, norm, red, _ptr(out, _F32P),
+                grad.ctypes.data,
             )
         _check(st)
         return float(out[0]), grad
 
-    def forward(self, logits, labels, normalizer=None, reduction="mean"):
-        """The loss only (evaluation): no gradient, state untouched."""
-        x, y, n = self._inputs(logits, labels)
+    def forward(self, logits, labels, normalizer=None, reduction="mean", dtype=None):
+        """The loss only (evaluation): no gradient, state untouched. dtype as for step()."""
+        x, y, n, dtype = self._inputs(logits, labels, dtype)
         norm = self._normalizer(normalizer)
         red = self._reduction(reduction)
         out = np.zeros(1, dtype=np.float32)
         lib = _lib.load()
         with self._lock:
-            st = lib.efl_loss_forward_host(
-                self._live(), _ptr(x, _F32P), _ptr(y, _I32P), n, norm, red, _ptr(out, _F32P)
+            st = lib.efl_loss_forward_host_typed(
+                self._live(), _lib.DTYPES[dtype], x.ctypes.data, _ptr(y, _I32P), n, norm, red, _ptr(out, _F32P)
             )
         _check(st)
         return float(out[0])
+
+    def accumulate(self, grad, labels, grad_scale=1.0, dtype=None):
+        """The state update from a gradient you computed yourself ([N, C], e.g. by autograd,
+        possibly multiplied by an AMP loss scale, which grad_scale divides out). A gradient
+        with Inf or NaN in a valid row is skipped and counted (skipped_steps) and raises
+        EflError(ERROR_NONFINITE); the state is then unchanged. dtype as for step()."""
+        g, y, n, dtype = self._inputs(grad, labels, dtype)
+        lib = _lib.load()
+        with self._lock:
+            st = lib.efl_loss_accumulate_host(
+                self._live(), _lib.DTYPES[dtype], g.ctypes.data, _ptr(y, _I32P), n, float(grad_scale)
+            )
+        _check(st)
+
+    @property
+    def skipped_steps(self):
+        """Steps and accumulates refused so far (invalid labels, non-finite values)."""
+        count = ctypes.c_uint32(0)
+        lib = _lib.load()
+        with self._lock:
+            st = lib.efl_loss_skipped_steps_host(self._live(), ctypes.byref(count))
+        _check(st)
+        return int(count.value)
 
     # ---------------------------------------------------------------- state
     def read_state(self):

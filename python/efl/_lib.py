@@ -7,7 +7,7 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["load", "library_path", "Status", "Config", "REDUCTIONS", "LABEL_CONVENTIONS"]
+__all__ = ["load", "library_path", "Status", "Config", "REDUCTIONS", "LABEL_CONVENTIONS", "ACCUMULATE", "DTYPES"]
 
 
 class Status:
@@ -36,11 +36,15 @@ class Status:
     ERROR_BUILD_FAILED = 20
     ERROR_OUT_OF_MEMORY = 21
     ERROR_OPENCL = 22
+    ERROR_NONFINITE = 23
+    ERROR_INVALID_DTYPE = 24
 
 
-# efl_reduction and efl_label_convention
+# efl_reduction, efl_label_convention, efl_accumulate, efl_dtype
 REDUCTIONS = {"mean": 0, "sum": 1}
 LABEL_CONVENTIONS = {"reference": 0, "zero_based": 1}
+ACCUMULATE = {"auto": 0, "float_pairs": 1}
+DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
 
 
 class Config(ctypes.Structure):
@@ -87,6 +91,21 @@ _PROTOTYPES = {
         _status,
         [_handle, _c_float_p, _c_int32_p, ctypes.c_size_t, ctypes.c_float, ctypes.c_int, _c_float_p],
     ),
+    "efl_loss_step_host_typed": (
+        _status,
+        [_handle, ctypes.c_int, ctypes.c_void_p, _c_int32_p, ctypes.c_size_t, ctypes.c_float, ctypes.c_int,
+         _c_float_p, ctypes.c_void_p],
+    ),
+    "efl_loss_forward_host_typed": (
+        _status,
+        [_handle, ctypes.c_int, ctypes.c_void_p, _c_int32_p, ctypes.c_size_t, ctypes.c_float, ctypes.c_int,
+         _c_float_p],
+    ),
+    "efl_loss_accumulate_host": (
+        _status,
+        [_handle, ctypes.c_int, ctypes.c_void_p, _c_int32_p, ctypes.c_size_t, ctypes.c_float],
+    ),
+    "efl_loss_skipped_steps_host": (_status, [_handle, ctypes.POINTER(ctypes.c_uint32)]),
     "efl_loss_read_state_host": (_status, [_handle, _c_double_p, _c_double_p, _c_double_p]),
     "efl_loss_write_state_host": (_status, [_handle, _c_double_p, _c_double_p, _c_double_p]),
     "efl_loss_reset_state_host": (_status, [_handle]),
