@@ -24,14 +24,19 @@ typedef struct {
     size_t n;
     uint32_t c;
     int forward; /* also time efl_enqueue_forward */
+    int dtype;   /* efl_dtype of logits and gradient */
 } case_def;
 
 static const case_def named_cases[] = {
-    {"lvis", 90000, 1203, 1},
-    {"coco", 90000, 80, 0},
-    {"coco-360k", 360000, 80, 0},
-    {"openimages", 50000, 500, 0},
+    {"lvis", 90000, 1203, 1, EFL_DTYPE_FLOAT32},
+    {"coco", 90000, 80, 0, EFL_DTYPE_FLOAT32},
+    {"coco-360k", 360000, 80, 0, EFL_DTYPE_FLOAT32},
+    {"openimages", 50000, 500, 0, EFL_DTYPE_FLOAT32},
+    {"lvis-f16", 90000, 1203, 1, EFL_DTYPE_FLOAT16},
+    {"lvis-bf16", 90000, 1203, 1, EFL_DTYPE_BFLOAT16},
 };
+static const char *const dtype_names[] = {"f32", "f16", "bf16"};
+static const size_t dtype_bytes[] = {4, 2, 2};
 #define NUM_NAMED (sizeof named_cases / sizeof named_cases[0])
 static const size_t sweep_n[] = {1000, 3000, 10000, 30000, 100000, 200000, 400000};
 #define NUM_SWEEP (sizeof sweep_n / sizeof sweep_n[0])
@@ -42,6 +47,7 @@ static const size_t sweep_n[] = {1000, 3000, 10000, 30000, 100000, 200000, 40000
 typedef struct {
     const char *op; /* "step" or "forward" */
     const char *label;
+    const char *dtype; /* "f32", "f16", "bf16" */
     size_t n, n_wanted;
     uint32_t c;
     double median_s, gbps, fraction_of_copy, gelem_s;
@@ -108,7 +114,35 @@ static int cl_fail(const char *what, const char *dev, cl_int err)
 /* ------------------------------------------------------------------ data */
 /* Logits ~ N(-4, 2.5) (a detector's scores: most anchors confidently background), written to
  * the buffer tile by tile from one random tile of 8 Mi floats. */
+/* float -> float16 or bfloat16 bits, rounded to nearest (even) */
+static uint16_t to_16(float f, int dtype)
+{
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    if (dtype == EFL_DTYPE_BFLOAT16)
+        return (uint16_t)((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
+    const uint32_t sign = (b >> 16) & 0x8000u;
+    const int e = (int)((b >> 23) & 0xFF) - 127;
+    if (e < -24)
+        return (uint16_t)sign;
+    if (e > 15)
+        return (uint16_t)(sign | 0x7C00u);
+    const uint32_t m = (b & 0x7FFFFFu) | 0x800000u; /* 24 significant bits */
+    const int shift = e >= -14 ? 13 : 13 + (-14 - e);
+    uint32_t q = m >> shift;
+    const uint32_t rest = m & ((1u << shift) - 1u), half = 1u << (shift - 1);
+    q += rest > half || (rest == half && (q & 1u));
+    /* normal: exponent field from e, mantissa q without its leading 1 (a carry moves up) */
+    return (uint16_t)(sign | (e >= -14 ? ((uint32_t)(e + 14) << 10) + q : q));
+}
+
+static cl_int fill_logits_as(cl_command_queue q, cl_mem buf, size_t count, int dtype);
 static cl_int fill_logits(cl_command_queue q, cl_mem buf, size_t count)
+{
+    return fill_logits_as(q, buf, count, EFL_DTYPE_FLOAT32);
+}
+
+static cl_int fill_logits_as(cl_command_queue q, cl_mem buf, size_t count, int dtype)
 {
     const size_t tile_n = ((size_t)8 << 20) + 7; /* odd length: rows do not repeat in step */
     const size_t len = count < tile_n ? count : tile_n;
@@ -123,10 +157,14 @@ static cl_int fill_logits(cl_command_queue q, cl_mem buf, size_t count)
         if (i + 1 < len)
             tile[i + 1] = (float)(-4.0 + 2.5 * r * sin(t));
     }
+    const size_t es = dtype_bytes[dtype];
+    if (dtype != EFL_DTYPE_FLOAT32) /* in place: 16-bit values into the front of the tile */
+        for (size_t i = 0; i < len; ++i)
+            ((uint16_t *)tile)[i] = to_16(tile[i], dtype);
     cl_int err = CL_SUCCESS;
     for (size_t off = 0; err == CL_SUCCESS && off < count; off += len) {
         const size_t k = count - off < len ? count - off : len;
-        err = clEnqueueWriteBuffer(q, buf, CL_TRUE, off * sizeof(float), k * sizeof(float), tile, 0, NULL, NULL);
+        err = clEnqueueWriteBuffer(q, buf, CL_TRUE, off * es, k * es, tile, 0, NULL, NULL);
     }
     free(tile);
     return err;
@@ -170,15 +208,19 @@ static cl_int write_labels(cl_command_queue q, cl_mem buf, size_t n, uint32_t C)
 /* ------------------------------------------------------------------ timing */
 typedef struct {
     cl_mem logits, labels, grad, loss_out;
+    cl_mem logits16[3]; /* the same logits stored as float16 / bfloat16, made when needed */
+    int dtype;          /* of the case being timed */
 } buffers;
 
 static efl_status enqueue_op(efl_loss *loss, cl_command_queue q, const buffers *b, size_t n, int forward)
 {
+    const efl_dtype dt = (efl_dtype)b->dtype;
+    const cl_mem x = dt == EFL_DTYPE_FLOAT32 ? b->logits : b->logits16[dt];
     if (forward)
-        return efl_enqueue_forward(loss, q, b->logits, b->labels, n, 1.0f, EFL_REDUCTION_MEAN, b->loss_out, 0, NULL,
-                                   NULL);
-    return efl_enqueue_step(loss, q, b->logits, b->labels, n, 1.0f, EFL_REDUCTION_MEAN, b->loss_out, b->grad, 0,
-                            NULL, NULL);
+        return efl_enqueue_forward_typed(loss, q, dt, x, b->labels, n, 1.0f, EFL_REDUCTION_MEAN, b->loss_out, 0, NULL,
+                                         NULL);
+    return efl_enqueue_step_typed(loss, q, dt, x, b->labels, n, 1.0f, EFL_REDUCTION_MEAN, b->loss_out, b->grad, 0,
+                                  NULL, NULL);
 }
 
 /* Warm-up, then repetitions until min_time has passed (at least 3); the median per op. */
@@ -284,8 +326,10 @@ static int small_step(efl_context *ectx, cl_command_queue q, const buffers *b, c
     cl_int err = write_labels(q, b->labels, SMALL_N, SMALL_C);
     int rc = err != CL_SUCCESS ? cl_fail("writing the labels", dn, err) : 0;
     int wall = 1;
+    buffers b32 = *b;
+    b32.dtype = EFL_DTYPE_FLOAT32;
     if (rc == 0)
-        rc = time_op(ectx, loss, q, b, SMALL_N, 0, opt->min_time, 1, dn, &out->small_step_s, &wall);
+        rc = time_op(ectx, loss, q, &b32, SMALL_N, 0, opt->min_time, 1, dn, &out->small_step_s, &wall);
     efl_loss_destroy(loss);
     if (rc == 0)
         printf("   small step (N=%d, C=%d) enqueue-to-finish: %.1f us = %.2f x the empty kernel's %.1f us\n", SMALL_N,
@@ -333,7 +377,7 @@ static int run_device(cl_context cl, cl_device_id dev, const options *opt, devic
             max_n = n_of[i];
     }
 
-    buffers b = {NULL, NULL, NULL, NULL};
+    buffers b = {NULL, NULL, NULL, NULL, {NULL, NULL, NULL}, EFL_DTYPE_FLOAT32};
     int rc = 0;
     cl_int e[4];
     b.logits = clCreateBuffer(cl, CL_MEM_READ_ONLY, max_elems * sizeof(float), NULL, &e[0]);
@@ -416,7 +460,8 @@ static int run_device(cl_context cl, cl_device_id dev, const options *opt, devic
         const uint32_t C = cases[i].c;
         int dup = 0;
         for (size_t r = 0; r < out->nrows; ++r)
-            dup |= out->rows[r].n == n && out->rows[r].c == C;
+            dup |= out->rows[r].n == n && out->rows[r].c == C &&
+                   strcmp(out->rows[r].dtype, dtype_names[cases[i].dtype]) == 0;
         if (dup || n == 0) {
             printf("   %-7s %-12s (N=%zu clipped to %zu by memory: same shape as above, skipped)\n", "", cases[i].name,
                    cases[i].n, n);
@@ -432,11 +477,20 @@ static int run_device(cl_context cl, cl_device_id dev, const options *opt, devic
         }
         if ((err = write_labels(q, b.labels, n, C)) != CL_SUCCESS)
             rc = cl_fail("writing the labels", dn, err);
+        b.dtype = cases[i].dtype;
+        if (rc == 0 && b.dtype != EFL_DTYPE_FLOAT32 && !b.logits16[b.dtype]) {
+            b.logits16[b.dtype] = clCreateBuffer(cl, CL_MEM_READ_ONLY, max_elems * 2, NULL, &err);
+            if (err == CL_SUCCESS)
+                err = fill_logits_as(q, b.logits16[b.dtype], max_elems, b.dtype);
+            if (err != CL_SUCCESS)
+                rc = cl_fail("16-bit logits", dn, err);
+        }
         for (int fw = 0; rc == 0 && fw <= cases[i].forward; ++fw) {
             result_row *row = &out->rows[out->nrows];
             memset(row, 0, sizeof *row);
             row->op = fw ? "forward" : "step";
             row->label = cases[i].name;
+            row->dtype = dtype_names[cases[i].dtype];
             row->n = n;
             row->n_wanted = cases[i].n;
             row->c = C;
@@ -445,12 +499,12 @@ static int run_device(cl_context cl, cl_device_id dev, const options *opt, devic
             if (rc != 0)
                 break;
             const double elems = (double)n * C;
-            const double bytes = elems * 4.0 * (fw ? 1.0 : 2.0) + (double)n * 4.0;
+            const double bytes = elems * (double)dtype_bytes[cases[i].dtype] * (fw ? 1.0 : 2.0) + (double)n * 4.0;
             row->gbps = bytes / row->median_s / 1e9;
             row->fraction_of_copy = out->copy_gbps > 0.0 ? row->gbps / out->copy_gbps : 0.0;
             row->gelem_s = elems / row->median_s / 1e9;
             out->nrows++;
-            printf("   %-7s %-12s %8zu %5u %5s %11.3f %8.2f %6.1f%% %8.3f %s%s\n", row->op, row->label, n, C, "f32",
+            printf("   %-7s %-12s %8zu %5u %5s %11.3f %8.2f %6.1f%% %8.3f %s%s\n", row->op, row->label, n, C, row->dtype,
                    row->median_s * 1e3, row->gbps, 100.0 * row->fraction_of_copy, row->gelem_s,
                    row->wall ? "wall" : "events", n < cases[i].n ? "  (N clipped by memory)" : "");
             fflush(stdout);
@@ -470,6 +524,9 @@ static int run_device(cl_context cl, cl_device_id dev, const options *opt, devic
                    row->n, row->c, out->native_gelem_s, row->gelem_s / out->native_gelem_s);
     }
     efl_context_destroy(ectx);
+    for (int d = 0; d < 3; ++d)
+        if (b.logits16[d])
+            clReleaseMemObject(b.logits16[d]);
     if (b.loss_out)
         clReleaseMemObject(b.loss_out);
     if (b.labels)
@@ -526,7 +583,7 @@ static int tune_device(cl_context cl, cl_device_id dev, const options *opt)
     cl_command_queue q = clCreateCommandQueue(cl, dev, CL_QUEUE_PROFILING_ENABLE, &err);
     if (err != CL_SUCCESS)
         return cl_fail("clCreateCommandQueue", name, err);
-    buffers b;
+    buffers b = {NULL, NULL, NULL, NULL, {NULL, NULL, NULL}, EFL_DTYPE_FLOAT32};
     b.logits = clCreateBuffer(cl, CL_MEM_READ_ONLY, n * cs.c * sizeof(float), NULL, &e[0]);
     b.grad = clCreateBuffer(cl, CL_MEM_READ_WRITE, n * cs.c * sizeof(float), NULL, &e[1]);
     b.labels = clCreateBuffer(cl, CL_MEM_READ_ONLY, n * sizeof(cl_int), NULL, &e[2]);
@@ -635,9 +692,9 @@ static int write_json(const char *path, const device_result *d, size_t nd)
         for (size_t r = 0; r < d[i].nrows; ++r) {
             const result_row *w = &d[i].rows[r];
             fprintf(f,
-                    "%s\n  {\"op\":\"%s\",\"n\":%zu,\"c\":%u,\"dtype\":\"f32\",\"median_s\":%.6g,\"gbps\":%.6g,"
+                    "%s\n  {\"op\":\"%s\",\"n\":%zu,\"c\":%u,\"dtype\":\"%s\",\"median_s\":%.6g,\"gbps\":%.6g,"
                     "\"fraction_of_copy\":%.6g,\"gelem_s\":%.6g}",
-                    r ? "," : "", w->op, w->n, w->c, w->median_s, w->gbps, w->fraction_of_copy, w->gelem_s);
+                    r ? "," : "", w->op, w->n, w->c, w->dtype, w->median_s, w->gbps, w->fraction_of_copy, w->gelem_s);
         }
         fprintf(f, "]}");
     }
@@ -660,7 +717,7 @@ static int write_csv(const char *path, const device_result *d, size_t nd)
                     fputc('"', f);
                 fputc(*s, f);
             }
-            fprintf(f, "\",%s,%zu,%u,f32,%.6g,%.6g,%.6g,%.6g\n", w->op, w->n, w->c, w->median_s, w->gbps,
+            fprintf(f, "\",%s,%zu,%u,%s,%.6g,%.6g,%.6g,%.6g\n", w->op, w->n, w->c, w->dtype, w->median_s, w->gbps,
                     w->fraction_of_copy, w->gelem_s);
         }
     return fclose(f) == 0 ? 0 : -1;
@@ -676,9 +733,10 @@ static void usage(FILE *f)
             "                \"P:D\" indices, \"P\" (every device of platform P), or a case-insensitive\n"
             "                substring of \"platform [vendor] / device\" (every device that matches)\n"
             "  --default     only the device efl_context_create_default picks\n"
-            "  --quick       only the lvis and coco cases\n"
+            "  --quick       only the lvis, coco, lvis-f16 and lvis-bf16 cases\n"
             "  --cases LIST  comma-separated, from: lvis (90000 x 1203, step and forward), coco (90000 x 80),\n"
-            "                coco-360k (360000 x 80), openimages (50000 x 500), sweep (N = 1000 .. 400000 at\n"
+            "                coco-360k (360000 x 80), openimages (50000 x 500), lvis-f16 and lvis-bf16 (LVIS\n"
+            "                with float16 / bfloat16 logits and gradient), sweep (N = 1000 .. 400000 at\n"
             "                C = 1203), all (the default)\n"
             "  --json FILE, --csv FILE  also write the results there\n"
             "  --min-time S  time each case for about S seconds, at least 3 steps (default 0.5)\n"
@@ -745,7 +803,7 @@ int main(int argc, char **argv)
         else if (strcmp(a, "--tune") == 0)
             opt.tune = 1;
         else if (strcmp(a, "--quick") == 0)
-            cases = "lvis,coco";
+            cases = "lvis,coco,lvis-f16,lvis-bf16";
         else if (strcmp(a, "--cases") == 0 && has_val)
             cases = argv[++i];
         else if (strcmp(a, "--json") == 0 && has_val)
