@@ -87,6 +87,16 @@ static cl_mem wrap_host(efl_loss *loss, const void *ptr, size_t bytes, cl_mem_fl
 
 typedef enum { HOST_FORWARD, HOST_STEP, HOST_ACCUMULATE } host_op;
 
+static void release_wrapped(cl_mem *x, cl_mem *y, cl_mem *g)
+{
+    cl_mem *all[3] = {x, y, g};
+    for (int i = 0; i < 3; ++i) {
+        if (*all[i])
+            clReleaseMemObject(*all[i]);
+        *all[i] = NULL;
+    }
+}
+
 /* One call on host arrays: x is the logits, or the caller's gradient for HOST_ACCUMULATE. */
 static efl_status run_host(efl_loss *loss, host_op op, efl_dtype dtype, const void *x_host, const int32_t *labels,
                            size_t n, float normalizer, efl_reduction reduction, float grad_scale, float *loss_out,
@@ -118,13 +128,7 @@ static efl_status run_host(efl_loss *loss, host_op op, efl_dtype dtype, const vo
     }
     const int zero_copy = y && (g || !want_grad);
     if (!zero_copy) {
-        if (x)
-            clReleaseMemObject(x);
-        if (y)
-            clReleaseMemObject(y);
-        if (g)
-            clReleaseMemObject(g);
-        x = y = g = NULL;
+        release_wrapped(&x, &y, &g);
         if ((st = ensure_staging(loss, n > 0 ? n : 1)) != EFL_OK)
             return st;
         if (n > 0) {
@@ -135,8 +139,7 @@ static efl_status run_host(efl_loss *loss, host_op op, efl_dtype dtype, const vo
                 return efl_cl_fail(loss->ctx, err);
         }
     } else if (op == HOST_STEP && !grad_out && (st = ensure_staging(loss, n)) != EFL_OK) {
-        clReleaseMemObject(x);
-        clReleaseMemObject(y);
+        release_wrapped(&x, &y, &g);
         return st;
     }
     cl_mem bx = zero_copy ? x : loss->host_x, by = zero_copy ? y : loss->host_y, bg = g ? g : loss->host_g;
@@ -173,12 +176,7 @@ static efl_status run_host(efl_loss *loss, host_op op, efl_dtype dtype, const vo
     } else if (st != EFL_OK) {
         clFinish(q); /* the staging writes read the caller's arrays */
     }
-    if (x)
-        clReleaseMemObject(x);
-    if (y)
-        clReleaseMemObject(y);
-    if (g)
-        clReleaseMemObject(g);
+    release_wrapped(&x, &y, &g);
     if (st == EFL_OK && loss_out)
         *loss_out = value;
     return st;
