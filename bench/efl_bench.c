@@ -774,7 +774,7 @@ static int add_cases(options *opt, const char *list)
     if (want[NUM_NAMED])
         for (size_t i = 0; i < NUM_SWEEP; ++i) {
             snprintf(opt->sweep_names[i], sizeof opt->sweep_names[i], "sweep");
-            opt->cases[opt->ncases++] = (case_def){opt->sweep_names[i], sweep_n[i], SWEEP_C, 0};
+            opt->cases[opt->ncases++] = (case_def){opt->sweep_names[i], sweep_n[i], SWEEP_C, 0, EFL_DTYPE_FLOAT32};
         }
     return 0;
 }
@@ -881,8 +881,10 @@ int main(int argc, char **argv)
             clReleaseContext(cl);
         }
         if (ran == 0) {
-            fprintf(stderr, "efl-bench: no OpenCL device%s%s%s\n", opt.device_sel ? " matches '" : " found",
-                    opt.device_sel ? opt.device_sel : "", opt.device_sel ? "'" : "");
+            char list[8192];
+            efl_devices_summary(list, sizeof list);
+            fprintf(stderr, "efl-bench: no OpenCL device%s%s%s; the devices found:\n%s", opt.device_sel ? " matches '" : " found",
+                    opt.device_sel ? opt.device_sel : "", opt.device_sel ? "'" : "", list[0] ? list : "(none)\n");
             return 1;
         }
     }

@@ -120,6 +120,30 @@ size_t efl_device_describe(cl_device_id device, char *buf, size_t size)
     return len;
 }
 
+size_t efl_devices_summary(char *buf, size_t size)
+{
+    candidate *cands = malloc(MAX_CANDIDATES * sizeof *cands);
+    if (buf && size)
+        buf[0] = '\0';
+    if (!cands)
+        return 0;
+    const size_t count = list_devices(cands, MAX_CANDIDATES);
+    size_t len = 0;
+    for (size_t i = 0; i < count; ++i) {
+        char line[900];
+        const int k = snprintf(line, sizeof line, "%u:%u %s\n", cands[i].pi, cands[i].di, cands[i].label);
+        if (k <= 0)
+            continue;
+        if (buf && len + (size_t)k < size)
+            memcpy(buf + len, line, (size_t)k + 1);
+        else if (buf && size && len < size)
+            buf[len] = '\0'; /* truncated: keep whole lines only */
+        len += (size_t)k;
+    }
+    free(cands);
+    return len;
+}
+
 efl_status efl_context_create_default(efl_context **out)
 {
     if (!out)

@@ -76,6 +76,14 @@ static void test_selection(void)
         seen |= devs[i] == E.dev;
     CHECK(all >= 1 && seen);
     CHECK(efl_devices_matching("no-such-device-xyz", devs, 64) == 0);
+    /* the listing a user is shown when a selector matches nothing: one line per device */
+    char summary[8192];
+    const size_t slen = efl_devices_summary(summary, sizeof summary);
+    size_t lines = 0;
+    for (const char *c = summary; *c; ++c)
+        lines += *c == '\n';
+    CHECK_MSG(slen > 0 && slen < sizeof summary && lines == all && strstr(summary, E.device_name) != NULL,
+              "summary (%zu lines for %zu devices):\n%s", lines, all, summary);
     char label[900], pd[32];
     const size_t len = efl_device_describe(E.dev, label, sizeof label);
     CHECK_MSG(len > 0 && strstr(label, E.device_name) != NULL, "describe: '%s'", label);

@@ -82,8 +82,12 @@ void tu_env_init(tu_env *e)
     if (st == EFL_ERROR_NO_DEVICE)
         tu_skip("no OpenCL device");
     /* the device matrix names implementations this machine may not have */
-    if (st == EFL_ERROR_DEVICE_NOT_FOUND && getenv("EFL_DEVICE"))
+    if (st == EFL_ERROR_DEVICE_NOT_FOUND && getenv("EFL_DEVICE")) {
+        char list[4096];
+        efl_devices_summary(list, sizeof list);
+        printf("EFL_DEVICE=%s matches none of these devices:\n%s", getenv("EFL_DEVICE"), list);
         tu_skip("no device matches EFL_DEVICE");
+    }
     if (st != EFL_OK) {
         printf("efl_context_create_default: %s (EFL_DEVICE=%s)\n", efl_status_string(st),
                getenv("EFL_DEVICE") ? getenv("EFL_DEVICE") : "(unset)");

@@ -120,6 +120,11 @@ EFL_API size_t efl_devices_matching(const char *selector, cl_device_id *devices,
  * truncated to size; returns the full length. */
 EFL_API size_t efl_device_describe(cl_device_id device, char *buf, size_t size);
 
+/* Every device found, one "P:D platform [vendor] / device name" line each (the same listing the
+ * selectors match against): what to show a user when EFL_DEVICE matched nothing
+ * (EFL_ERROR_DEVICE_NOT_FOUND). NUL-terminated and truncated to size; returns the full length. */
+EFL_API size_t efl_devices_summary(char *buf, size_t size);
+
 /* Accepts NULL. Losses created on the context must be destroyed first. */
 EFL_API void efl_context_destroy(efl_context *ctx);
 
