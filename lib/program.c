@@ -2,6 +2,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <stdio.h>
+
+#include "disk_cache.h"
 #include "internal.h"
 
 /* kernels_embedded.c, generated at build time from kernels/ */
@@ -38,10 +41,38 @@ static void log_build(efl_context *ctx, cl_program prog, const char *options)
     free(text);
 }
 
+/* What a compiled binary depends on, in full (the disk cache compares it whole). */
+static void cache_key(efl_context *ctx, const char *options, char *key, size_t size)
+{
+    const char *parts[] = {efl_src_labels, efl_src_common, efl_src_step, efl_src_reduce, efl_src_apply};
+    const size_t lens[] = {efl_src_labels_len, efl_src_common_len, efl_src_step_len, efl_src_reduce_len,
+                           efl_src_apply_len};
+    uint64_t h = 0xCBF29CE484222325ULL;
+    for (int i = 0; i < 5; ++i)
+        h = efl_fnv1a64(parts[i], lens[i], h);
+    char pver[256] = "";
+    cl_platform_id plat = NULL;
+    if (clGetDeviceInfo(ctx->device, CL_DEVICE_PLATFORM, sizeof plat, &plat, NULL) == CL_SUCCESS)
+        clGetPlatformInfo(plat, CL_PLATFORM_VERSION, sizeof pver - 1, pver, NULL);
+    snprintf(key, size, "efl %s\nplatform %s / %s\ndevice %s\ndriver %s\noptions %s\nsource %016llx\n",
+             EFL_VERSION_STRING, ctx->info.platform, pver, ctx->info.name, ctx->info.driver, options,
+             (unsigned long long)h);
+}
+
 /* Called with ctx->lock held: a second thread asking for the same program waits for this
- * compile instead of starting its own. */
+ * compile instead of starting its own. The disk cache is asked first. */
 static efl_status build(efl_context *ctx, const char *options, cl_program *out)
 {
+    char dir[1024], key[2048];
+    const int cached = efl_disk_cache_dir(ctx, dir, sizeof dir);
+    if (cached) {
+        cache_key(ctx, options, key, sizeof key);
+        cl_program prog = efl_disk_cache_load(ctx, dir, key, options);
+        if (prog) {
+            *out = prog;
+            return EFL_OK;
+        }
+    }
     cl_int err = CL_SUCCESS;
     cl_program prog = create_program(ctx, &err);
     if (err != CL_SUCCESS)
@@ -55,6 +86,8 @@ static efl_status build(efl_context *ctx, const char *options, cl_program *out)
                                                                           : EFL_ERROR_BUILD_FAILED;
     }
     log_build(ctx, prog, options); /* warnings, if the compiler left any */
+    if (cached)
+        efl_disk_cache_store(ctx, dir, key, prog);
     *out = prog;
     return EFL_OK;
 }
@@ -91,7 +124,7 @@ efl_status efl_program_get(efl_context *ctx, const efl_kernel_params *kp, cl_pro
         ctx->programs[ctx->nprograms].options = key;
         ctx->programs[ctx->nprograms].program = prog;
         ctx->nprograms++;
-        efl_log_locked(ctx, "built program: %s", options);
+        efl_log_locked(ctx, "program ready: %s", options);
         clRetainProgram(prog);
         *out = prog;
     } else {

@@ -107,7 +107,7 @@ static void test_cache_and_build_failure(void)
     REQUIRE_OK(efl_loss_create(ctx, &cfg, &a));
     REQUIRE_OK(efl_loss_create(ctx, &cfg, &b));
     char *log = context_log(ctx);
-    CHECK_MSG(count_occurrences(log, "built program") == 1, "log:\n%s", log);
+    CHECK_MSG(count_occurrences(log, "program ready") == 1, "log:\n%s", log);
     free(log);
     efl_loss_destroy(a);
     efl_loss_destroy(b);
@@ -187,7 +187,7 @@ static void test_threads(void)
     run_job(&jobs[NTHREADS]); /* alone, afterwards */
 
     char *log = context_log(ctx);
-    CHECK_MSG(count_occurrences(log, "built program") == 1, "log:\n%s", log);
+    CHECK_MSG(count_occurrences(log, "program ready") == 1, "log:\n%s", log);
     free(log);
     for (int t = 0; t <= NTHREADS; ++t)
         CHECK_STATUS(jobs[t].st, EFL_OK);

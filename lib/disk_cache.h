@@ -1,0 +1,18 @@
+/* Compiled programs on disk (lib/disk_cache.c). Called with the context's lock held. */
+#ifndef EFL_DISK_CACHE_H
+#define EFL_DISK_CACHE_H
+
+#include <stdint.h>
+
+#include "internal.h"
+
+uint64_t efl_fnv1a64(const void *data, size_t len, uint64_t h);
+
+/* The cache folder, created and checked; 0 when the cache is off or refused (logged). */
+int efl_disk_cache_dir(efl_context *ctx, char *dir, size_t size);
+/* A built program from the entry for `key`, or NULL (no entry, or a bad one: logged). */
+cl_program efl_disk_cache_load(efl_context *ctx, const char *dir, const char *key, const char *options);
+/* Writes the program's binary as the entry for `key` (temporary file, flush, rename). */
+void efl_disk_cache_store(efl_context *ctx, const char *dir, const char *key, cl_program prog);
+
+#endif
