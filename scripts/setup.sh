@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command from a fresh Debian 12 machine (as root) to a built efl and either
 #   scripts/setup.sh bench   the bench on the default device, or
-#   scripts/setup.sh test    the whole test suite (ctest) on every OpenCL implementation here.
+#   scripts/setup.sh test    the whole test suite (ctest) on every OpenCL implementation here,
+#                            then the C tests again under AddressSanitizer + UBSan.
 # It installs only what is missing, builds into ./build and runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,14 @@ cmake --build build -j"$(nproc)"
 
 case "$what" in
   bench) ./build/bench/efl-bench --default --quick ;;
-  test)  ctest --test-dir build --output-on-failure -j1 ;;
+  test)
+    ctest --test-dir build --output-on-failure -j1
+    # The C tests again with AddressSanitizer + UndefinedBehaviorSanitizer (and LeakSanitizer)
+    # in the host code, on PoCL.
+    cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug -DEFL_SANITIZE=ON -DEFL_BUILD_BENCH=OFF \
+          -DEFL_TEST_DEVICES=pocl
+    cmake --build build-sanitize -j"$(nproc)"
+    ctest --test-dir build-sanitize --output-on-failure -j1
+    ;;
   build) ;;
 esac
