@@ -154,14 +154,15 @@ static unsigned char *read_file(const char *path, size_t *len)
 }
 
 /* What is wrong with an entry for `key`, or NULL if it is sound; *bin / *bin_len point into it. */
-static const char *check_entry(const unsigned char *e, size_t len, const char *key, const unsigned char **bin,
+const char *efl_disk_cache_check_entry(const unsigned char *e, size_t len, const char *key, const unsigned char **bin,
                                size_t *bin_len)
 {
     if (len < HEADER_BYTES || memcmp(e, MAGIC, 8) != 0)
         return len < HEADER_BYTES ? "truncated" : "not an efl cache entry";
     const uint32_t key_len = (uint32_t)e[8] | (uint32_t)e[9] << 8 | (uint32_t)e[10] << 16 | (uint32_t)e[11] << 24;
     const uint64_t blen = get_u64(e + 12), sum = get_u64(e + 20);
-    if ((uint64_t)len != HEADER_BYTES + (uint64_t)key_len + blen)
+    /* sizes compared without a sum that could wrap (the fuzzer found that one) */
+    if (key_len > len - HEADER_BYTES || blen != (uint64_t)(len - HEADER_BYTES - key_len))
         return "truncated or padded";
     if (key_len != strlen(key) || memcmp(e + HEADER_BYTES, key, key_len) != 0)
         return "built for something else (foreign key)";
@@ -182,7 +183,7 @@ cl_program efl_disk_cache_load(efl_context *ctx, const char *dir, const char *ke
         return NULL; /* no entry yet */
     const unsigned char *bin = NULL;
     size_t bin_len = 0;
-    const char *why = check_entry(e, len, key, &bin, &bin_len);
+    const char *why = efl_disk_cache_check_entry(e, len, key, &bin, &bin_len);
     cl_program prog = NULL;
     if (!why) {
         cl_int err = CL_SUCCESS, bst = CL_SUCCESS;

@@ -57,6 +57,8 @@ void efl_log_locked(efl_context *ctx, const char *fmt, ...);
 efl_status efl_program_get(efl_context *ctx, const efl_kernel_params *kp, cl_program *out);
 void efl_program_cache_release(efl_context *ctx);
 
+/* loss.c: the configuration's checks (also the config fuzzer's target). */
+efl_status efl_check_config(const efl_loss_config *cfg);
 /* loss.c: the step kernel for a storage type, compiled on first use. */
 efl_status efl_loss_step_kernel(efl_loss *loss, efl_dtype dtype, cl_kernel *out);
 /* Bytes of one logit or gradient element; 0 for an invalid dtype. */

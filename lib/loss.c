@@ -32,7 +32,7 @@ size_t efl_dtype_size(efl_dtype dtype)
 /* Largest C: the state and table are small, but C x rows must index safely. */
 #define EFL_MAX_CLASSES (1u << 24)
 
-static efl_status check_config(const efl_loss_config *cfg)
+efl_status efl_check_config(const efl_loss_config *cfg)
 {
     if (cfg->num_classes == 0 || cfg->num_classes > EFL_MAX_CLASSES)
         return EFL_ERROR_INVALID_NUM_CLASSES;
@@ -144,7 +144,7 @@ efl_status efl_loss_create(efl_context *ctx, const efl_loss_config *cfg, efl_los
     *out = NULL;
     if (!ctx || !cfg)
         return EFL_ERROR_NULL_HANDLE;
-    efl_status st = check_config(cfg);
+    efl_status st = efl_check_config(cfg);
     if (st != EFL_OK)
         return st;
     efl_loss *loss = calloc(1, sizeof *loss);

@@ -2,7 +2,8 @@
 # One command from a fresh Debian 12 machine (as root) to a built efl and either
 #   scripts/setup.sh bench   the bench on the default device, or
 #   scripts/setup.sh test    the whole test suite (ctest) on every OpenCL implementation here,
-#                            then the C tests again under AddressSanitizer + UBSan.
+#                            then the C tests again under AddressSanitizer + UBSan, then the
+#                            libFuzzer targets for a bounded time.
 # It installs only what is missing, builds into ./build and runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,9 +11,10 @@ cd "$(dirname "$0")/.."
 what="${1:-test}"
 case "$what" in bench|test|build) ;; *) echo "usage: $0 bench|test|build" >&2; exit 2 ;; esac
 
-# Build tools, the OpenCL ICD loader and headers, three independent OpenCL implementations
-# (PoCL, Mesa rusticl, Oclgrind), and the Python side of the tests (Debian's torch and numpy).
-packages=(cmake make gcc libc6-dev pkg-config
+# Build tools (clang and its libFuzzer runtime for the fuzz targets), the OpenCL ICD loader and
+# headers, three independent OpenCL implementations (PoCL, Mesa rusticl, Oclgrind), and the
+# Python side of the tests (Debian's torch and numpy).
+packages=(cmake make gcc libc6-dev pkg-config clang-14 libclang-rt-14-dev
           ocl-icd-opencl-dev opencl-c-headers clinfo
           pocl-opencl-icd mesa-opencl-icd oclgrind
           python3 python3-numpy python3-torch)
@@ -40,6 +42,10 @@ case "$what" in
           -DEFL_TEST_DEVICES=pocl
     cmake --build build-sanitize -j"$(nproc)"
     ctest --test-dir build-sanitize --output-on-failure -j1
+    # The host-side parsers under libFuzzer (clang), 20 s each from the corpus in tests/fuzz.
+    CC=clang-14 cmake -S . -B build-fuzz -DEFL_FUZZ=ON -DEFL_BUILD_BENCH=OFF
+    cmake --build build-fuzz -j"$(nproc)" --target fuzz_cache_entry fuzz_config
+    ctest --test-dir build-fuzz --output-on-failure -R '^fuzz_'
     ;;
   build) ;;
 esac
