@@ -196,9 +196,11 @@ EFL_API efl_status efl_loss_get_config(const efl_loss *loss, efl_loss_config *cf
  * then the gradient-guided state update (SPEC "Gradient accumulation") with this step's grad.
  * The step reads the state from before the step. normalizer is used by EFL_REDUCTION_MEAN
  * (> 0, finite); pass 1.0 for the reference's default. n == 0 is valid: loss 0, no state change.
- * A label outside the convention: the device skips the state update and leaves `loss` as it
- * was; rows with such labels get gradient 0; efl_loss_query_status() returns
- * EFL_ERROR_INVALID_LABEL. `event` (optional) covers the whole step. */
+ * A label outside the convention, or Inf/NaN in a valid row's logits: the device refuses the
+ * step (no state update, `loss` left as it was, the skip counted) and efl_loss_query_status()
+ * returns EFL_ERROR_INVALID_LABEL or EFL_ERROR_NONFINITE; the gradient of a refused step is not
+ * to be used (the single fused pass has written it before the verdict). `event` (optional)
+ * covers the whole step. */
 EFL_API efl_status efl_enqueue_step(efl_loss *loss, cl_command_queue queue, cl_mem logits, cl_mem labels,
                                     size_t n, float normalizer, efl_reduction reduction, cl_mem loss_out,
                                     cl_mem grad_out, cl_uint num_events_in_wait_list,
