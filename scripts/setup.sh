@@ -2,8 +2,9 @@
 # One command from a fresh Debian 12 machine (as root) to a built efl and either
 #   scripts/setup.sh bench   the bench on the default device, or
 #   scripts/setup.sh test    the whole test suite (ctest) on every OpenCL implementation here,
-#                            then the C tests again under AddressSanitizer + UBSan, then the
-#                            libFuzzer targets for a bounded time.
+#                            then the C tests again under AddressSanitizer + UBSan, the
+#                            threads test under ThreadSanitizer, and the libFuzzer targets for
+#                            a bounded time.
 # It installs only what is missing, builds into ./build and runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,10 +39,15 @@ case "$what" in
     ctest --test-dir build --output-on-failure -j1
     # The C tests again with AddressSanitizer + UndefinedBehaviorSanitizer (and LeakSanitizer)
     # in the host code, on PoCL.
-    cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug -DEFL_SANITIZE=ON -DEFL_BUILD_BENCH=OFF \
+    cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug -DEFL_SANITIZE=address -DEFL_BUILD_BENCH=OFF \
           -DEFL_TEST_DEVICES=pocl
     cmake --build build-sanitize -j"$(nproc)"
     ctest --test-dir build-sanitize --output-on-failure -j1
+    # Threads on one shared context (test_context) under ThreadSanitizer.
+    cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DEFL_SANITIZE=thread -DEFL_BUILD_BENCH=OFF \
+          -DEFL_TEST_DEVICES=pocl
+    cmake --build build-tsan -j"$(nproc)" --target test_context
+    ctest --test-dir build-tsan --output-on-failure -R '^test_context'
     # The host-side parsers under libFuzzer (clang), 20 s each from the corpus in tests/fuzz.
     CC=clang-14 cmake -S . -B build-fuzz -DEFL_FUZZ=ON -DEFL_BUILD_BENCH=OFF
     cmake --build build-fuzz -j"$(nproc)" --target fuzz_cache_entry fuzz_config
