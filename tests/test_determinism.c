@@ -33,6 +33,7 @@ static void run_once(tu_env *e, efl_loss *loss, const efl_ref_state *start, cl_m
 static void determinism_case(tu_env *e, const char *name, size_t n, uint32_t C, efl_reduction red, uint64_t seed)
 {
     tu_begin(name);
+    n = tu_rows(n);
     const size_t nc = n * C;
     efl_loss_config cfg;
     efl_loss_config_init(&cfg, C);

@@ -72,7 +72,7 @@ static void run_case(tu_env *e, const parity_case *pc)
     efl_loss *loss = tu_loss(e, &cfg);
     efl_ref_params rp = tu_ref_params(&cfg);
 
-    const size_t n = pc->n, C = pc->C, nc = n * C;
+    const size_t n = tu_rows(pc->n), C = pc->C, nc = n * C;
     float *x = malloc(nc * sizeof *x), *grad = malloc(nc * sizeof *grad);
     int32_t *y = malloc(n * sizeof *y);
     double *rgrad = malloc(nc * sizeof *rgrad), *P = malloc(C * sizeof *P), *Ns = malloc(C * sizeof *Ns);
@@ -89,7 +89,7 @@ static void run_case(tu_env *e, const parity_case *pc)
     lo.zero_based = pc->zero_based;
     lo.ignore_index = pc->ignore_index;
     int ok = 1;
-    for (int step = 0; step < STEPS && ok; ++step) {
+    for (int step = 0; step < tu_steps(STEPS) && ok; ++step) {
         tu_make_logits(&rng, x, nc);
         size_t npos = tu_make_labels(&rng, y, n, pc->C, &lo);
         float normalizer = npos > 0 ? (float)npos : 1.0f; /* the head's num_pos, clamped to >= 1 */

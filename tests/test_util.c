@@ -499,3 +499,19 @@ double tu_bf16_ulp(double v)
     frexp(fabs(v), &e);
     return ldexp(1.0, (e - 1 < -126 ? -126 : e - 1) - 7);
 }
+
+/* ------------------------------------------------------- small mode */
+static int small_mode(void)
+{
+    const char *v = getenv("EFL_TEST_SMALL");
+    return v && *v && strcmp(v, "0") != 0;
+}
+
+size_t tu_rows(size_t n)
+{
+    if (!small_mode())
+        return n;
+    const size_t floor_rows = n < 200 ? n : 200; /* enough rows for positives of a rare class */
+    return n / 10 > floor_rows ? n / 10 : floor_rows;
+}
+int tu_steps(int steps) { return small_mode() && steps > 3 ? 3 : steps; }

@@ -85,6 +85,11 @@ void tu_write_state(tu_env *e, efl_loss *loss, const efl_ref_state *in);
 void tu_write_state_canonical(tu_env *e, efl_loss *loss, efl_ref_state *in);
 int tu_state_equal_bits(const efl_ref_state *a, const efl_ref_state *b);
 
+/* EFL_TEST_SMALL=1 (the Oclgrind runs): row counts divided by 10 (200 at least) and at most 3
+ * steps, so a simulator runs the same cases in a minute. */
+size_t tu_rows(size_t n);
+int tu_steps(int steps);
+
 /* ---------------------------------------------------------------- RNG */
 typedef struct {
     uint64_t s;
