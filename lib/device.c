@@ -43,6 +43,9 @@ efl_status efl_device_query(cl_device_id dev, efl_device_info *info, cl_int *err
     if (clGetDeviceInfo(dev, CL_DEVICE_SINGLE_FP_CONFIG, sizeof fcfg, &fcfg, NULL) != CL_SUCCESS)
         fcfg = 0;
     info->has_fma = (fcfg & CL_FP_FMA) != 0 && (fcfg & CL_FP_SOFT_FLOAT) == 0;
+    cl_bool unified = CL_FALSE;
+    info->host_unified =
+        clGetDeviceInfo(dev, CL_DEVICE_HOST_UNIFIED_MEMORY, sizeof unified, &unified, NULL) == CL_SUCCESS && unified;
     if (clGetDeviceInfo(dev, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof info->compute_units, &info->compute_units, NULL) !=
             CL_SUCCESS ||
         info->compute_units == 0)

@@ -21,6 +21,7 @@ typedef struct {
     cl_uint compute_units;
     int has_fp64;
     int has_fma; /* fma in hardware */
+    int host_unified; /* the device works in host memory (CPU runtimes): zero-copy host calls */
 } efl_device_info;
 
 /* What goes into the program's -D defines: everything the kernels specialise on. */

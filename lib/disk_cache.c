@@ -114,7 +114,7 @@ int efl_disk_cache_dir(efl_context *ctx, char *dir, size_t size)
 static void entry_path(const char *dir, const char *key, char *path, size_t size)
 {
     snprintf(path, size, "%s/%016llx.bin", dir,
-             (unsigned long long)efl_fnv1a64(key, strlen(key), 0xCBF29CE484222325ULL));
+             (unsigned long long)efl_fnv1a64(key, strlen(key), EFL_FNV_OFFSET));
 }
 
 static uint64_t get_u64(const unsigned char *p)
@@ -168,7 +168,7 @@ const char *efl_disk_cache_check_entry(const unsigned char *e, size_t len, const
         return "built for something else (foreign key)";
     *bin = e + HEADER_BYTES + key_len;
     *bin_len = (size_t)blen;
-    if (efl_fnv1a64(*bin, *bin_len, 0xCBF29CE484222325ULL) != sum)
+    if (efl_fnv1a64(*bin, *bin_len, EFL_FNV_OFFSET) != sum)
         return "corrupted (checksum)";
     return NULL;
 }
@@ -226,7 +226,7 @@ void efl_disk_cache_store(efl_context *ctx, const char *dir, const char *key, cl
     for (int i = 0; i < 4; ++i)
         e[8 + i] = (unsigned char)(key_len >> (8 * i));
     put_u64(e + 12, bin_len);
-    put_u64(e + 20, efl_fnv1a64(bin, bin_len, 0xCBF29CE484222325ULL));
+    put_u64(e + 20, efl_fnv1a64(bin, bin_len, EFL_FNV_OFFSET));
     memcpy(e + HEADER_BYTES, key, key_len);
 
     char path[1200], tmp[1300];

@@ -6,6 +6,8 @@
 
 #include "internal.h"
 
+/* FNV-1a, 64 bits; start a hash at EFL_FNV_OFFSET, continue one by passing its value */
+#define EFL_FNV_OFFSET 0xCBF29CE484222325ULL
 uint64_t efl_fnv1a64(const void *data, size_t len, uint64_t h);
 
 /* The cache folder, created and checked; 0 when the cache is off or refused (logged). */

@@ -75,10 +75,7 @@ static cl_mem wrap_host(efl_loss *loss, const void *ptr, size_t bytes, cl_mem_fl
     const char *force = getenv("EFL_HOST_STAGING");
     if (force && *force && strcmp(force, "0") != 0)
         return NULL;
-    cl_bool unified = CL_FALSE;
-    if (clGetDeviceInfo(loss->ctx->device, CL_DEVICE_HOST_UNIFIED_MEMORY, sizeof unified, &unified, NULL) !=
-            CL_SUCCESS ||
-        !unified)
+    if (!loss->ctx->info.host_unified)
         return NULL;
     cl_int err = CL_SUCCESS;
     cl_mem m = clCreateBuffer(loss->ctx->context, access | CL_MEM_USE_HOST_PTR, bytes, (void *)ptr, &err);

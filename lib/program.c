@@ -47,7 +47,7 @@ static void cache_key(efl_context *ctx, const char *options, char *key, size_t s
     const char *parts[] = {efl_src_labels, efl_src_common, efl_src_step, efl_src_reduce, efl_src_apply};
     const size_t lens[] = {efl_src_labels_len, efl_src_common_len, efl_src_step_len, efl_src_reduce_len,
                            efl_src_apply_len};
-    uint64_t h = 0xCBF29CE484222325ULL;
+    uint64_t h = EFL_FNV_OFFSET;
     for (int i = 0; i < 5; ++i)
         h = efl_fnv1a64(parts[i], lens[i], h);
     char pver[256] = "";
