@@ -25,15 +25,27 @@ typedef struct {
     uint32_t c;
     int forward; /* also time efl_enqueue_forward */
     int dtype;   /* efl_dtype of logits and gradient */
+    int layout;  /* efl_layout: head layouts read LVIS_HEAD's levels in place */
 } case_def;
 
+/* The detection head's own outputs for LVIS at 800 x 1333: five FPN levels (strides 8..128),
+ * 2 anchors, 2 images: 89,200 rows, read per level as [B, A*C, H, W] with no concatenation. */
+#define LVIS_HEAD_LEVELS 5
+static const uint32_t lvis_head_h[LVIS_HEAD_LEVELS] = {100, 50, 25, 13, 7};
+static const uint32_t lvis_head_w[LVIS_HEAD_LEVELS] = {167, 84, 42, 21, 11};
+#define LVIS_HEAD_B 2
+#define LVIS_HEAD_A 2
+#define LVIS_HEAD_ROWS 89200
+
 static const case_def named_cases[] = {
-    {"lvis", 90000, 1203, 1, EFL_DTYPE_FLOAT32},
-    {"coco", 90000, 80, 0, EFL_DTYPE_FLOAT32},
-    {"coco-360k", 360000, 80, 0, EFL_DTYPE_FLOAT32},
-    {"openimages", 50000, 500, 0, EFL_DTYPE_FLOAT32},
-    {"lvis-f16", 90000, 1203, 1, EFL_DTYPE_FLOAT16},
-    {"lvis-bf16", 90000, 1203, 1, EFL_DTYPE_BFLOAT16},
+    {"lvis", 90000, 1203, 1, EFL_DTYPE_FLOAT32, EFL_LAYOUT_ROWS},
+    {"coco", 90000, 80, 0, EFL_DTYPE_FLOAT32, EFL_LAYOUT_ROWS},
+    {"coco-360k", 360000, 80, 0, EFL_DTYPE_FLOAT32, EFL_LAYOUT_ROWS},
+    {"openimages", 50000, 500, 0, EFL_DTYPE_FLOAT32, EFL_LAYOUT_ROWS},
+    {"lvis-f16", 90000, 1203, 1, EFL_DTYPE_FLOAT16, EFL_LAYOUT_ROWS},
+    {"lvis-bf16", 90000, 1203, 1, EFL_DTYPE_BFLOAT16, EFL_LAYOUT_ROWS},
+    {"lvis-anchor", LVIS_HEAD_ROWS, 1203, 0, EFL_DTYPE_FLOAT32, EFL_LAYOUT_ANCHOR_MAJOR},
+    {"lvis-class", LVIS_HEAD_ROWS, 1203, 0, EFL_DTYPE_FLOAT32, EFL_LAYOUT_CLASS_MAJOR},
 };
 static const char *const dtype_names[] = {"f32", "f16", "bf16"};
 static const size_t dtype_bytes[] = {4, 2, 2};
@@ -75,6 +87,7 @@ typedef struct {
     int force_wall; /* --wall */
     int tune;       /* --tune */
     char native_path[1024]; /* efl-native-loop beside this program, "" if absent */
+    char train_head_path[1024]; /* efl-train-head in the build folder above this one, "" if absent */
     case_def cases[MAX_CASES];
     char sweep_names[NUM_SWEEP][32];
     size_t ncases;
@@ -210,12 +223,60 @@ typedef struct {
     cl_mem logits, labels, grad, loss_out;
     cl_mem logits16[3]; /* the same logits stored as float16 / bfloat16, made when needed */
     int dtype;          /* of the case being timed */
+    int layout;         /* of the case being timed */
+    cl_mem level_x[LVIS_HEAD_LEVELS], level_g[LVIS_HEAD_LEVELS]; /* head layouts, made when needed */
 } buffers;
+
+/* The head layout's per-level buffers, filled like the rows layout's logits. */
+static cl_int make_levels(cl_context cl, cl_command_queue q, buffers *b, uint32_t C)
+{
+    cl_int err = CL_SUCCESS;
+    for (int l = 0; l < LVIS_HEAD_LEVELS && err == CL_SUCCESS && !b->level_x[l]; ++l) {
+        const size_t elems = (size_t)LVIS_HEAD_B * LVIS_HEAD_A * C * lvis_head_h[l] * lvis_head_w[l];
+        b->level_x[l] = clCreateBuffer(cl, CL_MEM_READ_ONLY, elems * sizeof(float), NULL, &err);
+        if (err == CL_SUCCESS)
+            b->level_g[l] = clCreateBuffer(cl, CL_MEM_READ_WRITE, elems * sizeof(float), NULL, &err);
+        if (err == CL_SUCCESS)
+            err = fill_logits(q, b->level_x[l], elems);
+        const float zero = 0.0f;
+        if (err == CL_SUCCESS)
+            err = clEnqueueFillBuffer(q, b->level_g[l], &zero, sizeof zero, 0, elems * sizeof(float), 0, NULL, NULL);
+    }
+    return err == CL_SUCCESS ? clFinish(q) : err;
+}
+
+static void release_levels(buffers *b)
+{
+    for (int l = 0; l < LVIS_HEAD_LEVELS; ++l) {
+        if (b->level_x[l])
+            clReleaseMemObject(b->level_x[l]);
+        if (b->level_g[l])
+            clReleaseMemObject(b->level_g[l]);
+        b->level_x[l] = b->level_g[l] = NULL;
+    }
+}
 
 static efl_status enqueue_op(efl_loss *loss, cl_command_queue q, const buffers *b, size_t n, int forward)
 {
     const efl_dtype dt = (efl_dtype)b->dtype;
     const cl_mem x = dt == EFL_DTYPE_FLOAT32 ? b->logits : b->logits16[dt];
+    if (b->layout != EFL_LAYOUT_ROWS) {
+        efl_batch bt;
+        efl_batch_init(&bt);
+        bt.layout = (efl_layout)b->layout;
+        bt.images = LVIS_HEAD_B;
+        bt.anchors = LVIS_HEAD_A;
+        bt.levels = LVIS_HEAD_LEVELS;
+        for (int l = 0; l < LVIS_HEAD_LEVELS; ++l) {
+            bt.height[l] = lvis_head_h[l];
+            bt.width[l] = lvis_head_w[l];
+            bt.input[l] = b->level_x[l];
+            bt.grad[l] = b->level_g[l];
+        }
+        bt.labels = b->labels;
+        bt.loss = b->loss_out;
+        return efl_enqueue_batch(loss, q, forward ? EFL_OP_FORWARD : EFL_OP_STEP, &bt, 0, NULL, NULL);
+    }
     if (forward)
         return efl_enqueue_forward_typed(loss, q, dt, x, b->labels, n, 1.0f, EFL_REDUCTION_MEAN, b->loss_out, 0, NULL,
                                          NULL);
@@ -284,31 +345,76 @@ static void get_str(cl_device_id dev, cl_device_info what, char *buf, size_t siz
 
 static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
 
+/* Helper programs of the build (efl-native-loop beside this one, efl-train-head in the folder
+ * above) run as separate processes: efl-native-loop's -ffast-math runtime flushes denormals
+ * process-wide, which must not leak into the OpenCL runtime's threads. Hands every output line
+ * that contains `needle` to `fn`; returns pclose's status, or -1. */
+static int run_helper(const char *cmd, const char *needle, void (*fn)(const char *line, void *ctx), void *ctx)
+{
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    char line[2048];
+    while (fgets(line, sizeof line, p))
+        if (strstr(line, needle))
+            fn(line, ctx);
+    return pclose(p);
+}
+
+/* "<folder of argv0>/<name>" if that is an executable file, else "". */
+static void helper_path(char *out, size_t size, const char *argv0, const char *name)
+{
+    const char *slash = strrchr(argv0, '/');
+    const int dir_len = slash ? (int)(slash - argv0) : 1;
+    snprintf(out, size, "%.*s/%s", dir_len, slash ? argv0 : ".", name);
+    if (access(out, X_OK) != 0)
+        out[0] = '\0';
+}
+
+static void parse_gelem(const char *line, void *ctx)
+{
+    const char *at = strstr(line, " Gelem/s");
+    while (at > line && at[-1] != ' ')
+        --at;
+    *(double *)ctx = strtod(at, NULL);
+}
+
 /* On a CPU the arithmetic is the ceiling: the same arithmetic as a plain C loop
  * (efl-native-loop, vectorised by gcc, OpenMP on every core), run right after the step in the
- * same session so both see the same machine. A separate process: its -ffast-math runtime
- * flushes denormals process-wide, which must not leak into the OpenCL runtime's threads. */
+ * same session so both see the same machine. */
 static double native_loop_gelem(const options *opt, size_t n, uint32_t C)
 {
     if (!opt->native_path[0])
         return 0.0;
     char cmd[1200];
     snprintf(cmd, sizeof cmd, "'%s' %zu %u", opt->native_path, n, C);
-    FILE *p = popen(cmd, "r");
-    if (!p)
-        return 0.0;
-    char line[1024];
     double g = 0.0;
-    while (fgets(line, sizeof line, p)) {
-        const char *at = strstr(line, " Gelem/s");
-        if (!at)
-            continue;
-        while (at > line && at[-1] != ' ')
-            --at;
-        g = strtod(at, NULL);
-    }
-    pclose(p);
+    run_helper(cmd, " Gelem/s", parse_gelem, &g);
     return g;
+}
+
+static void print_breakdown_line(const char *line, void *ctx)
+{
+    ++*(int *)ctx;
+    printf("   %s", line);
+}
+
+/* A whole training step, end to end: efl-train-head (examples/train_head.c, CLBlast GEMMs + efl)
+ * --breakdown --quick on this device, its GEMM time against its loss time. */
+static void train_head_breakdown(const options *opt, cl_device_id dev)
+{
+    if (!opt->train_head_path[0])
+        return;
+    char sel[900], cmd[2200];
+    efl_device_describe(dev, sel, sizeof sel);
+    sel[strcspn(sel, " ")] = '\0'; /* "P:D" */
+    snprintf(cmd, sizeof cmd, "EFL_DEVICE='%s' '%s' --breakdown --quick 2>&1", sel, opt->train_head_path);
+    printf("   training a head end to end (efl-train-head --breakdown --quick, run now):\n");
+    fflush(stdout);
+    int lines = 0;
+    const int status = run_helper(cmd, "breakdown [", print_breakdown_line, &lines);
+    if (lines == 0 || status != 0)
+        printf("   (efl-train-head failed%s: status %d)\n", lines ? " after its breakdown" : "", status);
 }
 
 /* A small step's latency: what a training loop waits for when the batch is tiny. Wall clock,
@@ -377,7 +483,8 @@ static int run_device(cl_context cl, cl_device_id dev, const options *opt, devic
             max_n = n_of[i];
     }
 
-    buffers b = {NULL, NULL, NULL, NULL, {NULL, NULL, NULL}, EFL_DTYPE_FLOAT32};
+    buffers b;
+    memset(&b, 0, sizeof b);
     int rc = 0;
     cl_int e[4];
     b.logits = clCreateBuffer(cl, CL_MEM_READ_ONLY, max_elems * sizeof(float), NULL, &e[0]);
@@ -481,7 +588,9 @@ static int run_device(cl_context cl, cl_device_id dev, const options *opt, devic
         int dup = 0;
         for (size_t r = 0; r < out->nrows; ++r)
             dup |= out->rows[r].n == n && out->rows[r].c == C &&
-                   strcmp(out->rows[r].dtype, dtype_names[cases[i].dtype]) == 0;
+                   strcmp(out->rows[r].dtype, dtype_names[cases[i].dtype]) == 0 && cases[i].layout == EFL_LAYOUT_ROWS;
+        /* a head layout's shape is fixed: run whole or not at all */
+        dup |= cases[i].layout != EFL_LAYOUT_ROWS && n < cases[i].n;
         if (dup || n == 0) {
             printf("   %-7s %-12s (N=%zu clipped to %zu by memory: same shape as above, skipped)\n", "", cases[i].name,
                    cases[i].n, n);
@@ -498,6 +607,9 @@ static int run_device(cl_context cl, cl_device_id dev, const options *opt, devic
         if ((err = write_labels(q, b.labels, n, C)) != CL_SUCCESS)
             rc = cl_fail("writing the labels", dn, err);
         b.dtype = cases[i].dtype;
+        b.layout = cases[i].layout;
+        if (rc == 0 && b.layout != EFL_LAYOUT_ROWS && (err = make_levels(cl, q, &b, C)) != CL_SUCCESS)
+            rc = cl_fail("the head layout's level buffers", dn, err);
         if (rc == 0 && b.dtype != EFL_DTYPE_FLOAT32 && !b.logits16[b.dtype]) {
             b.logits16[b.dtype] = clCreateBuffer(cl, CL_MEM_READ_ONLY, max_elems * 2, NULL, &err);
             if (err == CL_SUCCESS)
@@ -531,6 +643,8 @@ static int run_device(cl_context cl, cl_device_id dev, const options *opt, devic
         }
         efl_loss_destroy(loss);
     }
+    b.layout = EFL_LAYOUT_ROWS; /* what follows uses the rows layout */
+    b.dtype = EFL_DTYPE_FLOAT32;
     if (rc == 0)
         rc = small_step(ectx, q, &b, dn, opt, out);
     for (size_t r = 0; rc == 0 && is_cpu && r < out->nrows; ++r) {
@@ -543,10 +657,13 @@ static int run_device(cl_context cl, cl_device_id dev, const options *opt, devic
                    "at %.2f x that\n",
                    row->n, row->c, out->native_gelem_s, row->gelem_s / out->native_gelem_s);
     }
+    if (rc == 0 && is_cpu)
+        train_head_breakdown(opt, dev);
     efl_context_destroy(ectx);
     for (int d = 0; d < 3; ++d)
         if (b.logits16[d])
             clReleaseMemObject(b.logits16[d]);
+    release_levels(&b);
     if (b.loss_out)
         clReleaseMemObject(b.loss_out);
     if (b.labels)
@@ -603,7 +720,8 @@ static int tune_device(cl_context cl, cl_device_id dev, const options *opt)
     cl_command_queue q = clCreateCommandQueue(cl, dev, CL_QUEUE_PROFILING_ENABLE, &err);
     if (err != CL_SUCCESS)
         return cl_fail("clCreateCommandQueue", name, err);
-    buffers b = {NULL, NULL, NULL, NULL, {NULL, NULL, NULL}, EFL_DTYPE_FLOAT32};
+    buffers b;
+    memset(&b, 0, sizeof b);
     b.logits = clCreateBuffer(cl, CL_MEM_READ_ONLY, n * cs.c * sizeof(float), NULL, &e[0]);
     b.grad = clCreateBuffer(cl, CL_MEM_READ_WRITE, n * cs.c * sizeof(float), NULL, &e[1]);
     b.labels = clCreateBuffer(cl, CL_MEM_READ_ONLY, n * sizeof(cl_int), NULL, &e[2]);
@@ -755,16 +873,20 @@ static void usage(FILE *f)
             "                \"P:D\" indices, \"P\" (every device of platform P), or a case-insensitive\n"
             "                substring of \"platform [vendor] / device\" (every device that matches)\n"
             "  --default     only the device efl_context_create_default picks\n"
-            "  --quick       only the lvis, coco, lvis-f16 and lvis-bf16 cases\n"
+            "  --quick       only the lvis, coco, lvis-f16, lvis-bf16, lvis-anchor and lvis-class cases\n"
             "  --cases LIST  comma-separated, from: lvis (90000 x 1203, step and forward), coco (90000 x 80),\n"
             "                coco-360k (360000 x 80), openimages (50000 x 500), lvis-f16 and lvis-bf16 (LVIS\n"
-            "                with float16 / bfloat16 logits and gradient), sweep (N = 1000 .. 400000 at\n"
+            "                with float16 / bfloat16 logits and gradient), lvis-anchor and lvis-class (LVIS as\n"
+            "                the head's five FPN levels [2, 2*1203, H, W], anchor- / class-major channels),\n"
+            "                sweep (N = 1000 .. 400000 at\n"
             "                C = 1203), all (the default)\n"
             "  --json FILE, --csv FILE  also write the results there\n"
             "  --min-time S  time each case for about S seconds, at least 3 steps (default 0.5)\n"
             "  --wall        time steps by the wall clock (clFinish) even where device events work\n"
             "  --tune        search the launch parameters (EFL_TUNE) at the first case's shape (default lvis)\n"
-            "                and print the best against the library's own heuristic\n");
+            "                and print the best against the library's own heuristic\n"
+            "On a CPU device it also runs, where they were built, efl-native-loop (the same arithmetic as a\n"
+            "plain C loop) and efl-train-head --breakdown --quick (a training step end to end: GEMMs vs loss).\n");
 }
 
 static int add_cases(options *opt, const char *list)
@@ -796,7 +918,8 @@ static int add_cases(options *opt, const char *list)
     if (want[NUM_NAMED])
         for (size_t i = 0; i < NUM_SWEEP; ++i) {
             snprintf(opt->sweep_names[i], sizeof opt->sweep_names[i], "sweep");
-            opt->cases[opt->ncases++] = (case_def){opt->sweep_names[i], sweep_n[i], SWEEP_C, 0, EFL_DTYPE_FLOAT32};
+            opt->cases[opt->ncases++] =
+                (case_def){opt->sweep_names[i], sweep_n[i], SWEEP_C, 0, EFL_DTYPE_FLOAT32, EFL_LAYOUT_ROWS};
         }
     return 0;
 }
@@ -804,13 +927,8 @@ static int add_cases(options *opt, const char *list)
 int main(int argc, char **argv)
 {
     static options opt; /* static: zeroed, and off the stack */
-    {
-        const char *slash = strrchr(argv[0], '/');
-        const int dir_len = slash ? (int)(slash - argv[0]) : 1;
-        snprintf(opt.native_path, sizeof opt.native_path, "%.*s/efl-native-loop", dir_len, slash ? argv[0] : ".");
-        if (access(opt.native_path, X_OK) != 0)
-            opt.native_path[0] = '\0';
-    }
+    helper_path(opt.native_path, sizeof opt.native_path, argv[0], "efl-native-loop");
+    helper_path(opt.train_head_path, sizeof opt.train_head_path, argv[0], "../efl-train-head");
     opt.min_time = 0.5;
     const char *cases = "all";
     for (int i = 1; i < argc; ++i) {
@@ -825,7 +943,7 @@ int main(int argc, char **argv)
         else if (strcmp(a, "--tune") == 0)
             opt.tune = 1;
         else if (strcmp(a, "--quick") == 0)
-            cases = "lvis,coco,lvis-f16,lvis-bf16";
+            cases = "lvis,coco,lvis-f16,lvis-bf16,lvis-anchor,lvis-class";
         else if (strcmp(a, "--cases") == 0 && has_val)
             cases = argv[++i];
         else if (strcmp(a, "--json") == 0 && has_val)

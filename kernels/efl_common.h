@@ -9,6 +9,8 @@
  *   EFL_UNROLL     rows per group in the step's row loop (summed plainly, then one Kahan step)
  *   EFL_ROW_BARRIER 1: a work-group sweeps each row together (CPU runtimes)
  *   EFL_DTYPE      storage of logits and gradients: 0 float32, 1 float16, 2 bfloat16
+ *   EFL_MODE       0 EFL, 1 focal loss (the table never changes), 2 EQLv2 (efl.h efl_mode)
+ *   EFL_PLANAR     1: the program's step is efl_step_head.cl (a detection head's levels), else efl_step.cl
  *
  * Every formula of the loss lives here, once.
  */
@@ -25,11 +27,21 @@
 #ifndef EFL_ROW_BARRIER
 #define EFL_ROW_BARRIER 0
 #endif
+#ifndef EFL_MODE
+#define EFL_MODE 0
+#endif
+#define EFL_MODE_FOCAL 1
+#define EFL_MODE_EQLV2 2
+#ifndef EFL_PLANAR
+#define EFL_PLANAR 0
+#endif
 
 /* ------------------------------------------------------------ label decoding */
 /* Flags the device raises; the apply kernel refuses a step that has any. */
 #define EFL_FLAG_INVALID_LABEL 1u
 #define EFL_FLAG_NONFINITE 2u /* Inf or NaN in a valid row's logits or supplied gradient */
+#define EFL_FLAG_BAD_NORMALIZER 4u /* a normalizer read on the device that is not finite and > 0 */
+#define EFL_FLAG_PEER 8u           /* data parallel: another rank refused the step */
 
 /* The row's class column (-1 for background and ignored rows) by efl_decode_label
  * (efl_labels.h, compiled before this file); *valid is 1.0f for rows that take part in the
@@ -220,37 +232,54 @@ static inline floatV efl_exp_neg_product(floatV g_hi, floatV g_lo, floatV a, flo
 #endif
 }
 
-/* The focal / EFL term of one element, unscaled (SPEC "Forward" and "Backward").
- * z = x for the row's class column, -x otherwise, so p_t = sigmoid(z) and 1 - p_t = sigmoid(-z);
- * both logarithms are softplus forms, finite for every finite x:
- *   -log(p_t) = softplus(-z) = max(-z, 0) + log1p(exp(-|z|))
- *   -log(q)   = softplus(z)  = max(z, 0)  + log1p(exp(-|z|)),     q = 1 - p_t
- *   l  = aw q^gamma softplus(-z)
- *   dl/dx = -(2t - 1) aw q^gamma (q + gamma p_t softplus(-z))
- * aw = alpha_t * w_j; gamma = gamma_hi + gamma_lo. Two exponentials, one division, no log. */
-static inline void efl_focal_term(floatV x, intV is_pos, floatV gamma_hi, floatV gamma_lo, floatV aw, floatV *loss,
-                                  floatV *grad)
+/* The sigmoid pieces both loss families share, for z = x on the row's class column and -x
+ * elsewhere: p_t = sigmoid(z), q = 1 - p_t = sigmoid(-z) (never formed as 1 - p_t),
+ * -log(p_t) = softplus(-z) = max(-z, 0) + log1p(exp(-|z|)) and lg = log1p(exp(-|z|)), finite for
+ * every finite x. Two exponentials' worth of work: one exp, one division, no log. */
+static inline void efl_sigmoid_parts(floatV z, floatV *p_t, floatV *q, floatV *sp_neg, floatV *lg)
 {
-    const floatV z = is_pos ? x : -x;
     const floatV e = efl_exp_nonpos(-fabs(z));
     /* 1 / (1 + e) and e / (2 + e) from one division */
     const floatV e1 = 1.0f + e, e2 = 2.0f + e;
     const floatV inv = 1.0f / (e1 * e2);
     const floatV r = e2 * inv;
-    const floatV lg = efl_log1p_from_s(e * e1 * inv);
-    const floatV sp_neg = fmax(-z, 0.0f) + lg;
+    *lg = efl_log1p_from_s(e * e1 * inv);
+    *sp_neg = fmax(-z, 0.0f) + *lg;
+    const floatV er = e * r;
+    *p_t = (z >= 0.0f) ? r : er;
+    *q = (z >= 0.0f) ? er : r;
+}
+
+/* The focal / EFL term of one element, unscaled (SPEC "Forward" and "Backward"):
+ *   l  = aw q^gamma softplus(-z),  dl/dx = -(2t - 1) aw q^gamma (q + gamma p_t softplus(-z))
+ * with q^gamma = exp(-gamma softplus(z)); aw = alpha_t * w_j; gamma = gamma_hi + gamma_lo. */
+static inline void efl_focal_term(floatV x, intV is_pos, floatV gamma_hi, floatV gamma_lo, floatV aw, floatV *loss,
+                                  floatV *grad)
+{
+    const floatV z = is_pos ? x : -x;
+    floatV p_t, q, sp_neg, lg;
+    efl_sigmoid_parts(z, &p_t, &q, &sp_neg, &lg);
     /* softplus(z) = max(z, 0) + lg with its rounding error (two-sum), for the exponent */
     const floatV zp = fmax(z, 0.0f);
     const floatV sp_pos = zp + lg;
     const floatV bb = sp_pos - zp;
     const floatV sp_pos_lo = (zp - (sp_pos - bb)) + (lg - bb);
-    const floatV er = e * r;
-    const floatV p_t = (z >= 0.0f) ? r : er;
-    const floatV q = (z >= 0.0f) ? er : r;
     const floatV qg = efl_exp_neg_product(gamma_hi, gamma_lo, sp_pos, sp_pos_lo);
     const floatV awqg = aw * qg;
     const floatV d = awqg * (gamma_hi * p_t * sp_neg + q);
     *loss = awqg * sp_neg;
+    *grad = is_pos ? -d : d;
+}
+
+/* The EQLv2 term (SPEC "Related modes"): weighted binary cross-entropy, unscaled.
+ *   l = wt softplus(-z),  dl/dx = wt (sigmoid(x) - t) = -(2t - 1) wt q */
+static inline void efl_bce_term(floatV x, intV is_pos, floatV wt, floatV *loss, floatV *grad)
+{
+    const floatV z = is_pos ? x : -x;
+    floatV p_t, q, sp_neg, lg;
+    efl_sigmoid_parts(z, &p_t, &q, &sp_neg, &lg);
+    const floatV d = wt * q;
+    *loss = wt * sp_neg;
     *grad = is_pos ? -d : d;
 }
 
@@ -282,6 +311,8 @@ static inline acc_t acc_div(acc_t a, acc_t b) { return a / b; }
 static inline acc_t acc_clamp01(acc_t a) { return fmin(fmax(a, 0.0), 1.0); }
 static inline acc_t acc_scale(acc_t a, float f) { return a * (double)f; }
 static inline int acc_isfinite(acc_t a) { return isfinite(a); }
+typedef double accs_t; /* an accumulator as one number, for the per-class factors */
+static inline accs_t acc_value(acc_t a) { return a; }
 /* gamma_j as a float pair (hi, lo): the step's exponent carries it to ~2^-48. */
 static inline float2 efl_gamma_j(float gamma_b, float s, acc_t g)
 {
@@ -340,6 +371,8 @@ static inline acc_t acc_scale(acc_t a, float f)
     return efl_fast_two_sum(hi, fma(a.x, f, -hi) + a.y * f);
 }
 static inline int acc_isfinite(acc_t a) { return isfinite(a.x + a.y); }
+typedef float accs_t;
+static inline accs_t acc_value(acc_t a) { return a.x + a.y; }
 
 /* gamma_j = gamma_b + s (1 - g) as a float pair (hi, lo), in pair arithmetic. */
 static inline float2 efl_gamma_j(float gamma_b, float s, acc_t g)
@@ -352,5 +385,16 @@ static inline float2 efl_gamma_j(float gamma_b, float s, acc_t g)
     return efl_fast_two_sum(t.x, t.y + lo);
 }
 #endif
+
+
+/* EQLv2's per-class weights from g (SPEC "Related modes"): (pos_w, neg_w) with
+ * neg_w = sigmoid(gamma (g - mu)), pos_w = 1 + alpha (1 - neg_w); exp overflowing to Inf for a
+ * very negative argument gives neg_w = 0, as it should. */
+static inline float2 efl_eqlv2_weights(float gamma, float mu, float alpha, acc_t g)
+{
+    const accs_t neg = (accs_t)1 / ((accs_t)1 + exp(-(accs_t)gamma * (acc_value(g) - (accs_t)mu)));
+    const accs_t pos = (accs_t)1 + (accs_t)alpha * ((accs_t)1 - neg);
+    return (float2)((float)pos, (float)neg);
+}
 
 #endif /* EFL_COMMON_H */

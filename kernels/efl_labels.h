@@ -15,16 +15,17 @@
 #define EFL_ROW_INVALID (-3)    /* outside the convention: the step is refused */
 
 /* The class column (0..C-1) of a row with label y, or one of EFL_ROW_*. Both conventions use the
- * labels 0..C; the loss configuration refuses an ignore_index among them. */
+ * labels 0..C; the loss configuration refuses an ignore_index among them. An expression, so that
+ * OpenCL can apply it to a vector of labels lane by lane (its ?: and || work per lane there). */
+#define EFL_DECODE_LABEL(y, C, ignore_index, convention)                                           \
+    ((y) == (ignore_index)         ? EFL_ROW_IGNORED                                               \
+     : ((y) < 0 || (y) > (C))      ? EFL_ROW_INVALID                                               \
+     : (convention) == EFL_CONV_ZERO_BASED ? ((y) < (C) ? (y) : EFL_ROW_BACKGROUND)                \
+                                           : (y) - 1) /* reference: 0 is background */
+
 static inline int efl_decode_label(int y, int C, int ignore_index, int convention)
 {
-    if (y == ignore_index)
-        return EFL_ROW_IGNORED;
-    if (y < 0 || y > C)
-        return EFL_ROW_INVALID;
-    if (convention == EFL_CONV_ZERO_BASED)
-        return y < C ? y : EFL_ROW_BACKGROUND;
-    return y - 1; /* 0 is background */
+    return EFL_DECODE_LABEL(y, C, ignore_index, convention);
 }
 
 #endif

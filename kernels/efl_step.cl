@@ -17,28 +17,41 @@
  * With `collect`, x holds a gradient the caller computed (efl_enqueue_accumulate): the kernel
  * only makes its per-class sums of |x| (and the loss slot flags a non-finite value).
  *
- * table: [3][cpad] gamma_j hi, gamma_j lo, w_j (padded, so vector loads never leave it).
- * partials: [nblocks][3][cpad] floats: sum |grad| over positives, over negatives, sum of loss.
- * block_flags: [nblocks] EFL_FLAG_* seen in the block (written by work-item 0 only).
+ * efl_step_head.cl is the same pass over a detection head's [B, A*C, H, W] levels.
+ *
+ * table: [3][cpad] gamma_j hi, gamma_j lo, w_j (EQLv2: pos_w, neg_w, unused), padded so vector
+ *   loads never leave it.
+ * partials: [block0 + nblocks][3][cpad] floats: sum |grad| over positives, over negatives (EQLv2:
+ *   |grad| before the reduction's scale), sum of loss.
+ * block_flags: [block0 + nblocks] EFL_FLAG_* seen in the block (written by work-item 0 only).
+ * norm: the normalizer on the device (use_norm): grad_scale / norm[0] scales the gradient.
+ * loss_el: the per-element loss times elem_scale (write_loss, EFL_REDUCTION_NONE).
  */
+#if !EFL_PLANAR
 __kernel __attribute__((reqd_work_group_size(EFL_WGX, 1, 1)))
 void efl_step(__global const efl_store_t *restrict x, __global const int *restrict labels,
-              __global efl_store_t *restrict grad, __global float *restrict partials,
-              __global uint *restrict block_flags, __global const float *restrict table, uint n, uint C,
-              uint cpad, uint rows_per_block, float alpha_pos, float alpha_neg, float grad_scale,
-              int ignore_index, int convention, int write_grad, int collect)
+              __global efl_store_t *restrict grad, __global efl_store_t *restrict loss_el,
+              __global float *restrict partials, __global uint *restrict block_flags,
+              __global const float *restrict table, __global const float *restrict norm, uint n, uint C,
+              uint cpad, uint rows_per_block, uint block0, float alpha_pos, float alpha_neg, float grad_scale,
+              float elem_scale, int ignore_index, int convention, int write_grad, int write_loss, int collect,
+              int use_norm)
 {
     const uint own0 = get_global_id(0) * EFL_VW; /* first column this work-item counts */
     const uint b = get_group_id(1);              /* == get_global_id(1) */
     const uint c0 = min(own0, C - EFL_VW);       /* first column it reads */
     const intV lanes = EFL_LANES + (int)c0;
     const intV own = lanes >= (int)own0;
+    /* the device's normalizer is checked by efl_apply, which refuses the step if it is bad */
+    const float gs = use_norm ? grad_scale / norm[0] : grad_scale;
 
-    const floatV gamma_hi = efl_loadV(table + c0);
-    const floatV gamma_lo = efl_loadV(table + cpad + c0);
-    const floatV w = efl_loadV(table + 2u * cpad + c0);
-    const floatV aw_pos = alpha_pos * w;
-    const floatV aw_neg = alpha_neg * w;
+    const floatV t0 = efl_loadV(table + c0);
+    const floatV t1 = efl_loadV(table + cpad + c0);
+#if EFL_MODE != EFL_MODE_EQLV2
+    const floatV t2 = efl_loadV(table + 2u * cpad + c0);
+    const floatV aw_pos = alpha_pos * t2;
+    const floatV aw_neg = alpha_neg * t2;
+#endif
 
     const uint r0 = b * rows_per_block;
 #if EFL_ROW_BARRIER
@@ -63,37 +76,49 @@ void efl_step(__global const efl_store_t *restrict x, __global const int *restri
         const uint k_end = r + EFL_UNROLL <= r1 ? EFL_UNROLL : 1u; /* uniform across the group */
         floatV gp = 0.0f, gn = 0.0f, gl = 0.0f;
         for (uint k = 0; k < k_end; ++k, ++r) {
-            float valid;
-            const int col = efl_label_column(labels[r], (int)C, ignore_index, convention, &valid, &bad);
-            const intV is_pos = lanes == col;
+            const int y = labels[r];
             const size_t idx = (size_t)r * C + c0;
             const floatV xv = efl_load_x(x + idx);
-            floatV l, g;
+            float valid;
+            const int col = efl_label_column(y, (int)C, ignore_index, convention, &valid, &bad);
+            const intV is_pos = lanes == col;
+            floatV l, g, stat;
             if (collect) {
                 /* x holds a gradient the caller computed: only its statistics */
-                g = (valid != 0.0f) ? xv : 0.0f;
+                stat = (valid != 0.0f) ? xv : 0.0f;
                 l = 0.0f;
             } else {
+#if EFL_MODE == EFL_MODE_EQLV2
+                efl_bce_term(xv, is_pos, is_pos ? t0 : t1, &l, &g);
+                /* EQLv2's statistics leave out the reduction's scale (SPEC) */
+                stat = (valid != 0.0f) ? g : 0.0f;
+#else
 #if EFL_VW > 1
                 /* Most rows are background, or their class lies in other columns: then no lane
                  * is positive and the selects can go (+8% on AVX-512). A work-item owns whole
                  * vectors here, so this branch never splits a warp; with one column per
                  * work-item (GPUs) it would, hence the condition. Same arithmetic: same bits. */
                 if ((uint)(col - (int)c0) >= (uint)EFL_VW)
-                    efl_focal_term(xv, (intV)0, gamma_hi, gamma_lo, aw_neg, &l, &g);
+                    efl_focal_term(xv, (intV)0, t0, t1, aw_neg, &l, &g);
                 else
 #endif
-                    efl_focal_term(xv, is_pos, gamma_hi, gamma_lo, is_pos ? aw_pos : aw_neg, &l, &g);
+                    efl_focal_term(xv, is_pos, t0, t1, is_pos ? aw_pos : aw_neg, &l, &g);
+#endif
                 /* select, not multiply: an ignored row's logit must not reach the sums */
-                g = (valid != 0.0f) ? g * grad_scale : 0.0f;
+                g = (valid != 0.0f) ? g * gs : 0.0f;
+#if EFL_MODE != EFL_MODE_EQLV2
+                stat = g;
+#endif
                 if (write_grad)
                     efl_store_g(g, grad + idx);
+                if (write_loss)
+                    efl_store_g((valid != 0.0f) ? l * elem_scale : 0.0f, loss_el + idx);
             }
             /* A non-finite value in a valid row makes its loss term NaN, which the loss total
              * carries to efl_apply: the step is refused there. (The math alone would not show
              * it: fmax drops NaN.) */
             l = (fabs(xv) <= FLT_MAX) ? l : NAN;
-            const floatV ag = own ? fabs(g) : 0.0f;
+            const floatV ag = own ? fabs(stat) : 0.0f;
             gp += is_pos ? ag : 0.0f;
             gn += is_pos ? 0.0f : ag;
             gl += (own && valid != 0.0f) ? l : 0.0f;
@@ -107,7 +132,7 @@ void efl_step(__global const efl_store_t *restrict x, __global const int *restri
     }
 
     /* partials at the columns this work-item owns; a shifted chunk stores lane by lane */
-    __global float *pb = partials + (size_t)b * 3u * cpad;
+    __global float *pb = partials + (size_t)(block0 + b) * 3u * cpad;
     if (c0 == own0) {
         efl_storeV(pos, pb + c0);
         efl_storeV(neg, pb + cpad + c0);
@@ -124,5 +149,6 @@ void efl_step(__global const efl_store_t *restrict x, __global const int *restri
         }
     }
     if (own0 == 0u)
-        block_flags[b] = bad;
+        block_flags[block0 + b] = bad;
 }
+#endif /* !EFL_PLANAR */

@@ -35,6 +35,8 @@ typedef struct {
     int row_barrier;   /* the work-group sweeps each row together (CPU prefetchers) */
     unsigned rows;     /* rows per block; 0: efl_device_rows_per_block decides (not a define) */
     int dtype;         /* efl_dtype of logits and gradients */
+    int mode;          /* efl_mode */
+    int planar;        /* the step reads a detection head's [B, A*C, H, W] levels */
 } efl_kernel_params;
 
 efl_status efl_device_query(cl_device_id dev, efl_device_info *info, cl_int *err);
@@ -47,6 +49,9 @@ efl_kernel_params efl_device_kernel_params(const efl_device_info *info, uint32_t
 /* Rows each work-item of the step loops over, for n rows: enough blocks to fill the device,
  * few enough that the partials stay small next to the logits. Never 0. */
 unsigned efl_device_rows_per_block(const efl_device_info *info, const efl_kernel_params *kp, size_t n);
+
+/* The parameters of efl_step_head (detection-head layouts), from the rows layout's. */
+efl_kernel_params efl_device_head_params(const efl_device_info *info, efl_kernel_params kp);
 
 /* Columns of the padded layout: C rounded up to whole step work-groups. */
 size_t efl_device_padded_columns(const efl_kernel_params *kp, uint32_t num_classes);

@@ -101,6 +101,20 @@ static efl_status run_host(efl_loss *loss, host_op op, efl_dtype dtype, const vo
 {
     if (!loss)
         return EFL_ERROR_NULL_HANDLE;
+    if (op != HOST_ACCUMULATE && reduction == EFL_REDUCTION_NONE) {
+        /* loss_out holds one loss per element: the general path */
+        efl_host_batch b;
+        efl_host_batch_init(&b);
+        b.dtype = dtype;
+        b.rows = n;
+        b.input[0] = x_host;
+        b.grad[0] = grad_out;
+        b.loss_elems[0] = loss_out;
+        b.labels = labels;
+        b.reduction = reduction;
+        b.normalizer = normalizer;
+        return efl_loss_run_host(loss, op == HOST_STEP ? EFL_OP_STEP : EFL_OP_FORWARD, &b);
+    }
     if ((op != HOST_ACCUMULATE && !loss_out) || (n > 0 && (!x_host || !labels)))
         return EFL_ERROR_NULL_BUFFER;
     const size_t C = loss->cfg.num_classes, esize = efl_dtype_size(dtype);
@@ -249,5 +263,124 @@ efl_status efl_loss_reset_state_host(efl_loss *loss)
         st = efl_loss_reset_state(loss, loss->host_queue);
     if (st == EFL_OK)
         st = clFinish(loss->host_queue) == CL_SUCCESS ? EFL_OK : EFL_ERROR_OPENCL;
+    return st;
+}
+
+void efl_host_batch_init(efl_host_batch *batch)
+{
+    if (!batch)
+        return;
+    memset(batch, 0, sizeof *batch);
+    EFL_BATCH_DEFAULTS(batch);
+}
+
+/* A buffer for a host input: the array itself where the device shares host memory, else a copy. */
+static cl_mem host_input(efl_loss *loss, const void *ptr, size_t bytes, cl_int *err)
+{
+    cl_mem m = wrap_host(loss, ptr, bytes, CL_MEM_READ_ONLY);
+    if (m)
+        return m;
+    return clCreateBuffer(loss->ctx->context, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, bytes, (void *)ptr, err);
+}
+
+/* efl_loss_run_host: buffers made for this call (outputs are device buffers read back only once
+ * the device has accepted the batch, so a refused one leaves the caller's arrays as they were). */
+typedef struct {
+    cl_mem in[EFL_MAX_LEVELS], grad[EFL_MAX_LEVELS], elems[EFL_MAX_LEVELS], labels, loss;
+} host_buffers;
+
+static void release_host_buffers(host_buffers *hb)
+{
+    cl_mem *all = (cl_mem *)hb;
+    for (size_t i = 0; i < sizeof *hb / sizeof(cl_mem); ++i)
+        if (all[i])
+            clReleaseMemObject(all[i]);
+}
+
+static efl_status read_outputs(efl_loss *loss, efl_op op, const efl_host_batch *b, const host_buffers *hb,
+                               const size_t *elems, uint32_t levels, size_t rows)
+{
+    cl_command_queue q = loss->host_queue;
+    const size_t esize = efl_dtype_size(b->dtype);
+    cl_int err = CL_SUCCESS;
+    for (uint32_t l = 0; l < levels && rows > 0 && err == CL_SUCCESS; ++l) {
+        if (hb->grad[l] && b->grad[l])
+            err = clEnqueueReadBuffer(q, hb->grad[l], CL_TRUE, 0, elems[l] * esize, b->grad[l], 0, NULL, NULL);
+        if (hb->elems[l] && err == CL_SUCCESS)
+            err = clEnqueueReadBuffer(q, hb->elems[l], CL_TRUE, 0, elems[l] * esize, b->loss_elems[l], 0, NULL, NULL);
+    }
+    if (op != EFL_OP_ACCUMULATE && b->reduction != EFL_REDUCTION_NONE && err == CL_SUCCESS)
+        err = clEnqueueReadBuffer(q, hb->loss, CL_TRUE, 0, sizeof(float), b->loss, 0, NULL, NULL);
+    return err == CL_SUCCESS ? EFL_OK : efl_cl_fail(loss->ctx, err);
+}
+
+efl_status efl_loss_run_host(efl_loss *loss, efl_op op, const efl_host_batch *b)
+{
+    if (!loss || !b)
+        return EFL_ERROR_NULL_HANDLE;
+    /* the shape first, through the same checks as the device call */
+    efl_batch bt;
+    efl_batch_init(&bt);
+    bt.layout = b->layout;
+    bt.dtype = b->dtype;
+    bt.rows = b->rows;
+    bt.images = b->images;
+    bt.anchors = b->anchors;
+    bt.levels = b->levels;
+    memcpy(bt.height, b->height, sizeof bt.height);
+    memcpy(bt.width, b->width, sizeof bt.width);
+    bt.reduction = b->reduction;
+    bt.normalizer = b->normalizer;
+    bt.grad_scale = b->grad_scale;
+    size_t elems[EFL_MAX_LEVELS], rows = 0;
+    uint32_t levels = 0;
+    const size_t esize = efl_dtype_size(b->dtype);
+    if (esize == 0)
+        return EFL_ERROR_INVALID_DTYPE;
+    efl_status st = efl_batch_shape(loss, &bt, elems, &levels, &rows);
+    if (st != EFL_OK)
+        return st;
+    const int elementwise = op != EFL_OP_ACCUMULATE && b->reduction == EFL_REDUCTION_NONE;
+    if (op != EFL_OP_ACCUMULATE && !elementwise && !b->loss)
+        return EFL_ERROR_NULL_BUFFER;
+    for (uint32_t l = 0; l < levels && rows > 0; ++l)
+        if (!b->input[l] || (elementwise && !b->loss_elems[l]))
+            return EFL_ERROR_NULL_BUFFER;
+    if (rows > 0 && !b->labels)
+        return EFL_ERROR_NULL_BUFFER;
+    if ((st = ensure_queue(loss)) != EFL_OK)
+        return st;
+
+    host_buffers hb;
+    memset(&hb, 0, sizeof hb);
+    cl_context cx = loss->ctx->context;
+    cl_int err = CL_SUCCESS;
+    if (rows > 0)
+        hb.labels = host_input(loss, b->labels, rows * sizeof(cl_int), &err);
+    for (uint32_t l = 0; l < levels && rows > 0 && err == CL_SUCCESS; ++l) {
+        hb.in[l] = host_input(loss, b->input[l], elems[l] * esize, &err);
+        if (op == EFL_OP_STEP && err == CL_SUCCESS) /* a NULL grad still needs somewhere to go */
+            hb.grad[l] = clCreateBuffer(cx, CL_MEM_WRITE_ONLY, elems[l] * esize, NULL, &err);
+        if (elementwise && err == CL_SUCCESS)
+            hb.elems[l] = clCreateBuffer(cx, CL_MEM_WRITE_ONLY, elems[l] * esize, NULL, &err);
+    }
+    if (err == CL_SUCCESS)
+        hb.loss = clCreateBuffer(cx, CL_MEM_READ_WRITE, sizeof(float), NULL, &err);
+    if (err != CL_SUCCESS) {
+        release_host_buffers(&hb);
+        return efl_cl_fail(loss->ctx, err);
+    }
+    memcpy(bt.input, hb.in, sizeof bt.input);
+    memcpy(bt.grad, hb.grad, sizeof bt.grad);
+    memcpy(bt.loss_elems, hb.elems, sizeof bt.loss_elems);
+    bt.labels = hb.labels;
+    bt.loss = hb.loss;
+    st = efl_enqueue_batch(loss, loss->host_queue, op, &bt, 0, NULL, NULL);
+    if (st == EFL_OK)
+        st = efl_loss_query_status(loss, loss->host_queue); /* waits; only an accepted batch goes out */
+    if (st == EFL_OK)
+        st = read_outputs(loss, op, b, &hb, elems, levels, rows);
+    clFinish(loss->host_queue);
+    release_host_buffers(&hb);
     return st;
 }

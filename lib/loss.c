@@ -17,6 +17,23 @@ void efl_loss_config_init(efl_loss_config *cfg, uint32_t num_classes)
     cfg->ignore_index = -1;
     cfg->labels = EFL_LABELS_REFERENCE;
     cfg->accumulate = EFL_ACCUMULATE_AUTO;
+    cfg->mode = EFL_MODE_EFL;
+    cfg->mu = 0.8f;
+}
+
+void efl_loss_config_init_mode(efl_loss_config *cfg, uint32_t num_classes, efl_mode mode)
+{
+    if (!cfg)
+        return;
+    efl_loss_config_init(cfg, num_classes);
+    cfg->mode = mode;
+    if (mode == EFL_MODE_FOCAL)
+        cfg->scale_factor = 0.0f;
+    else if (mode == EFL_MODE_EQLV2) {
+        cfg->gamma = 12.0f;
+        cfg->alpha = 4.0f;
+        cfg->mu = 0.8f;
+    }
 }
 
 size_t efl_dtype_size(efl_dtype dtype)
@@ -28,9 +45,6 @@ size_t efl_dtype_size(efl_dtype dtype)
     }
     return 0;
 }
-
-/* Largest C: the state and table are small, but C x rows must index safely. */
-#define EFL_MAX_CLASSES (1u << 24)
 
 efl_status efl_check_config(const efl_loss_config *cfg)
 {
@@ -45,6 +59,10 @@ efl_status efl_check_config(const efl_loss_config *cfg)
         return EFL_ERROR_INVALID_LABEL_CONVENTION;
     if (cfg->accumulate != EFL_ACCUMULATE_AUTO && cfg->accumulate != EFL_ACCUMULATE_FLOAT_PAIRS)
         return EFL_ERROR_INVALID_PARAMETER;
+    if (cfg->mode != EFL_MODE_EFL && cfg->mode != EFL_MODE_FOCAL && cfg->mode != EFL_MODE_EQLV2)
+        return EFL_ERROR_INVALID_MODE;
+    if (!isfinite(cfg->mu))
+        return EFL_ERROR_INVALID_PARAMETER;
     /* Both conventions use 0..C as labels; an ignore_index among them would be ambiguous. */
     if (cfg->ignore_index >= 0 && (uint32_t)cfg->ignore_index <= cfg->num_classes)
         return EFL_ERROR_INVALID_IGNORE_INDEX;
@@ -57,8 +75,12 @@ static cl_mem make_buffer(efl_loss *loss, size_t bytes, void *init, cl_int *err)
     return clCreateBuffer(loss->ctx->context, flags, bytes, init, err);
 }
 
+double efl_initial_pos_neg(const efl_loss_config *cfg) { return cfg->mode == EFL_MODE_EQLV2 ? 100.0 : 1.0; }
+
 /* pos_grad = neg_grad = 0, pos_neg = 1, in the device's accumulator format, and the matching
- * table: g = 1 gives gamma_j = gamma_b (lo 0), w_j = 1 exactly; the padded columns keep these. */
+ * table: g = 1 gives gamma_j = gamma_b (lo 0), w_j = 1 exactly; the padded columns keep these.
+ * EQLv2 starts from pos_neg = 100, and its table is made from it by the apply kernel (one
+ * source for its weights' formula). */
 static efl_status create_state(efl_loss *loss)
 {
     const size_t C = loss->cfg.num_classes;
@@ -72,11 +94,12 @@ static efl_status create_state(efl_loss *loss)
         free(table);
         return EFL_ERROR_OUT_OF_MEMORY;
     }
+    const double g0 = efl_initial_pos_neg(&loss->cfg);
     for (size_t j = 0; j < C; ++j) {
         if (loss->kp.fp64)
-            ((double *)state)[2 * C + j] = 1.0;
+            ((double *)state)[2 * C + j] = g0;
         else
-            ((float *)state)[2 * (2 * C + j)] = 1.0f; /* (hi, lo) = (1, 0) */
+            ((float *)state)[2 * (2 * C + j)] = (float)g0; /* (hi, lo) = (g0, 0): exact */
     }
     for (size_t j = 0; j < cpad; ++j) {
         table[j] = loss->cfg.gamma;
@@ -94,7 +117,16 @@ static efl_status create_state(efl_loss *loss)
     for (int i = 0; i < 5; ++i)
         if (e[i] != CL_SUCCESS)
             return efl_cl_fail(loss->ctx, e[i]);
-    return EFL_OK;
+    if (loss->cfg.mode != EFL_MODE_EQLV2)
+        return EFL_OK;
+    cl_int err = CL_SUCCESS;
+    cl_command_queue q = clCreateCommandQueue(loss->ctx->context, loss->ctx->device, 0, &err);
+    if (err != CL_SUCCESS)
+        return efl_cl_fail(loss->ctx, err);
+    efl_status st = efl_refresh_table(loss, q);
+    err = clFinish(q);
+    clReleaseCommandQueue(q);
+    return st != EFL_OK ? st : err != CL_SUCCESS ? efl_cl_fail(loss->ctx, err) : EFL_OK;
 }
 
 static efl_status create_kernels(efl_loss *loss)
@@ -104,7 +136,7 @@ static efl_status create_kernels(efl_loss *loss)
     if (st != EFL_OK)
         return st;
     cl_int e[3];
-    loss->k_step[EFL_DTYPE_FLOAT32] = clCreateKernel(prog, "efl_step", &e[0]);
+    loss->k_step[EFL_DTYPE_FLOAT32][0] = clCreateKernel(prog, "efl_step", &e[0]);
     loss->k_reduce = clCreateKernel(prog, "efl_reduce", &e[1]);
     loss->k_apply = clCreateKernel(prog, "efl_apply", &e[2]);
     clReleaseProgram(prog); /* kernels keep it alive */
@@ -114,26 +146,34 @@ static efl_status create_kernels(efl_loss *loss)
     return EFL_OK;
 }
 
-/* float16 and bfloat16 need their own build of efl_step (the storage type is a define); the
- * reduce and apply kernels of the float32 program serve every type. */
-efl_status efl_loss_step_kernel(efl_loss *loss, efl_dtype dtype, cl_kernel *out)
+/* float16 and bfloat16, and the head layouts, need their own build of efl_step (storage type
+ * and addressing are defines); the reduce and apply kernels of the first program serve all. */
+efl_status efl_loss_step_kernel(efl_loss *loss, efl_dtype dtype, int planar, cl_kernel *out)
 {
-    if (!loss->k_step[dtype]) {
-        efl_kernel_params kp = loss->kp;
+    cl_kernel *slot = &loss->k_step[dtype][planar != 0];
+    if (!*slot) {
+        efl_kernel_params kp = planar ? loss->kp_head : loss->kp;
         kp.dtype = (int)dtype;
         cl_program prog = NULL;
         efl_status st = efl_program_get(loss->ctx, &kp, &prog);
         if (st != EFL_OK)
             return st;
         cl_int err = CL_SUCCESS;
-        loss->k_step[dtype] = clCreateKernel(prog, "efl_step", &err);
+        *slot = clCreateKernel(prog, planar ? "efl_step_head" : "efl_step", &err);
+        if (err == CL_SUCCESS && planar && !loss->k_head_labels) {
+            loss->k_head_labels = clCreateKernel(prog, "efl_head_labels", &err);
+            if (err != CL_SUCCESS) {
+                clReleaseKernel(*slot);
+                loss->k_head_labels = NULL;
+            }
+        }
         clReleaseProgram(prog);
         if (err != CL_SUCCESS) {
-            loss->k_step[dtype] = NULL;
+            *slot = NULL;
             return efl_cl_fail(loss->ctx, err);
         }
     }
-    *out = loss->k_step[dtype];
+    *out = *slot;
     return EFL_OK;
 }
 
@@ -153,8 +193,10 @@ efl_status efl_loss_create(efl_context *ctx, const efl_loss_config *cfg, efl_los
     loss->ctx = ctx;
     loss->cfg = *cfg;
     loss->kp = efl_device_kernel_params(&ctx->info, cfg->num_classes);
+    loss->kp.mode = (int)cfg->mode;
     if (cfg->accumulate == EFL_ACCUMULATE_FLOAT_PAIRS)
         loss->kp.fp64 = 0;
+    loss->kp_head = efl_device_head_params(&ctx->info, loss->kp);
     loss->cpad = (cl_uint)efl_device_padded_columns(&loss->kp, cfg->num_classes);
     loss->acc_bytes = 8; /* sizeof(double) == sizeof(float2) */
     st = create_kernels(loss);
@@ -184,17 +226,20 @@ void efl_loss_destroy(efl_loss *loss)
         clReleaseCommandQueue(loss->host_queue);
     }
     cl_mem *mems[] = {&loss->state,    &loss->table,       &loss->info,   &loss->step_stats,
-                      &loss->step_flags, &loss->partials,  &loss->block_flags, &loss->host_x,
+                      &loss->step_flags, &loss->partials,  &loss->block_flags, &loss->head_labels, &loss->host_x,
                       &loss->host_y,   &loss->host_g,      &loss->host_loss};
     for (size_t i = 0; i < sizeof mems / sizeof *mems; ++i)
         release_mem(mems[i]);
     for (int d = 0; d < 3; ++d)
-        if (loss->k_step[d])
-            clReleaseKernel(loss->k_step[d]);
+        for (int p = 0; p < 2; ++p)
+            if (loss->k_step[d][p])
+                clReleaseKernel(loss->k_step[d][p]);
     if (loss->k_reduce)
         clReleaseKernel(loss->k_reduce);
     if (loss->k_apply)
         clReleaseKernel(loss->k_apply);
+    if (loss->k_head_labels)
+        clReleaseKernel(loss->k_head_labels);
     free(loss);
 }
 

@@ -8,18 +8,30 @@
 #include "internal.h"
 
 /* kernels_embedded.c, generated at build time from kernels/ */
-extern const char efl_src_labels[], efl_src_common[], efl_src_step[], efl_src_reduce[], efl_src_apply[];
-extern const size_t efl_src_labels_len, efl_src_common_len, efl_src_step_len, efl_src_reduce_len,
-    efl_src_apply_len;
+extern const char efl_src_labels[], efl_src_common[], efl_src_step[], efl_src_step_head[], efl_src_reduce[],
+    efl_src_apply[];
+extern const size_t efl_src_labels_len, efl_src_common_len, efl_src_step_len, efl_src_step_head_len,
+    efl_src_reduce_len, efl_src_apply_len;
 
-/* One program holds the three kernels, behind the label rule and the common header: one
- * compile per (context, device, options) instead of three. */
+/* One program holds the kernels, behind the label rule and the common header: one compile per
+ * (context, device, options). Of the two step kernels, EFL_PLANAR compiles one. */
+#define EFL_NUM_SOURCES 6
+static void sources(const char **parts, size_t *lens)
+{
+    const char *p[EFL_NUM_SOURCES] = {efl_src_labels,    efl_src_common, efl_src_step,
+                                      efl_src_step_head, efl_src_reduce, efl_src_apply};
+    const size_t l[EFL_NUM_SOURCES] = {efl_src_labels_len,    efl_src_common_len, efl_src_step_len,
+                                       efl_src_step_head_len, efl_src_reduce_len, efl_src_apply_len};
+    memcpy(parts, p, sizeof p);
+    memcpy(lens, l, sizeof l);
+}
+
 static cl_program create_program(efl_context *ctx, cl_int *err)
 {
-    const char *parts[] = {efl_src_labels, efl_src_common, efl_src_step, efl_src_reduce, efl_src_apply};
-    const size_t lens[] = {efl_src_labels_len, efl_src_common_len, efl_src_step_len, efl_src_reduce_len,
-                           efl_src_apply_len};
-    return clCreateProgramWithSource(ctx->context, 5, parts, lens, err);
+    const char *parts[EFL_NUM_SOURCES];
+    size_t lens[EFL_NUM_SOURCES];
+    sources(parts, lens);
+    return clCreateProgramWithSource(ctx->context, EFL_NUM_SOURCES, parts, lens, err);
 }
 
 static void log_build(efl_context *ctx, cl_program prog, const char *options)
@@ -44,11 +56,11 @@ static void log_build(efl_context *ctx, cl_program prog, const char *options)
 /* What a compiled binary depends on, in full (the disk cache compares it whole). */
 static void cache_key(efl_context *ctx, const char *options, char *key, size_t size)
 {
-    const char *parts[] = {efl_src_labels, efl_src_common, efl_src_step, efl_src_reduce, efl_src_apply};
-    const size_t lens[] = {efl_src_labels_len, efl_src_common_len, efl_src_step_len, efl_src_reduce_len,
-                           efl_src_apply_len};
+    const char *parts[EFL_NUM_SOURCES];
+    size_t lens[EFL_NUM_SOURCES];
+    sources(parts, lens);
     uint64_t h = EFL_FNV_OFFSET;
-    for (int i = 0; i < 5; ++i)
+    for (int i = 0; i < EFL_NUM_SOURCES; ++i)
         h = efl_fnv1a64(parts[i], lens[i], h);
     char pver[256] = "";
     cl_platform_id plat = NULL;

@@ -1,66 +1,122 @@
-/* The per-class state to and from float64 host arrays. */
+/* The per-class state to and from host arrays: float64 for the public calls, and exactly (a
+ * float64 value and a float32 residual per total) for checkpoints (checkpoint.c). */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
 
-/* Device accumulators are double, or float pairs (hi, lo) where the device lacks float64. */
-static double acc_to_double(const efl_loss *loss, const void *buf, size_t i)
-{
-    if (loss->kp.fp64)
-        return ((const double *)buf)[i];
-    const float *p = (const float *)buf + 2 * i;
-    return (double)p[0] + (double)p[1];
-}
-
-static void double_to_acc(const efl_loss *loss, void *buf, size_t i, double v)
+/* Device accumulators are double, or float pairs (hi, lo) where the device lacks float64. A
+ * pair spans two exponents, so hi + lo need not fit one double when lo is far below ulp(hi):
+ * v is hi + lo rounded to double and r the rounding error, which is exact in float (it is made
+ * of low bits of lo). A checkpoint keeps both, so a pair device resumes bitwise. */
+void efl_acc_decode(const efl_loss *loss, const void *buf, size_t i, double *v, float *r)
 {
     if (loss->kp.fp64) {
-        ((double *)buf)[i] = v;
+        *v = ((const double *)buf)[i];
+        *r = 0.0f;
+        return;
+    }
+    const float *p = (const float *)buf + 2 * i;
+    const double hi = p[0], lo = p[1];
+    /* lo == 0: v = hi keeps the sign of a zero hi, which -0 + 0 would lose */
+    *v = lo == 0.0 ? hi : hi + lo;
+    const double bb = *v - hi; /* TwoSum: the error of hi + lo, exact whichever is larger */
+    *r = (float)((hi - (*v - bb)) + (lo - bb));
+}
+
+/* The inverse of efl_acc_decode for any pair the kernels keep (normalised: hi = fl(hi + lo)):
+ * (float)v is hi again, (v - hi) + r is lo exactly. Anything else (a double from the public
+ * write, a checkpoint from a float64 device: r = 0) is normalised the way the kernels' fast
+ * two-sum leaves their pairs, which is a no-op for their own. Exact under any FLT_EVAL_METHOD:
+ * each float result is a sum of two floats rounded to float at its assignment (C11), which
+ * wider intermediates cannot change, and s - hi is exact. */
+void efl_acc_encode(const efl_loss *loss, void *buf, size_t i, double v, float r)
+{
+    if (loss->kp.fp64) {
+        ((double *)buf)[i] = v; /* v is the exact total there; r only ever serves pairs */
         return;
     }
     float *p = (float *)buf + 2 * i;
-    p[0] = (float)v;
-    p[1] = (float)(v - (double)p[0]);
+    const float hi = (float)v, lo = (float)((v - (double)hi) + (double)r);
+    const float s = lo == 0.0f ? hi : hi + lo; /* as in efl_acc_decode: a zero keeps its sign */
+    p[0] = s;
+    p[1] = lo - (s - hi);
 }
 
-efl_status efl_loss_read_state(efl_loss *loss, cl_command_queue queue, double *pos_grad, double *neg_grad,
-                               double *pos_neg)
+/* The value a reset gives each array: pos_grad = neg_grad = 0, g as for a fresh loss. */
+static double initial_total(const efl_loss *loss, size_t k)
+{
+    return k < 2 ? 0.0 : efl_initial_pos_neg(&loss->cfg);
+}
+
+efl_status efl_state_check_call(efl_loss *loss, cl_command_queue queue)
 {
     if (!loss)
         return EFL_ERROR_NULL_HANDLE;
-    efl_status st = efl_check_queue(loss, queue);
-    if (st != EFL_OK)
-        return st;
-    const size_t C = loss->cfg.num_classes;
-    void *buf = malloc(3 * C * loss->acc_bytes);
+    if (loss->cfg.mode == EFL_MODE_FOCAL)
+        return EFL_ERROR_INVALID_MODE; /* focal loss keeps no state */
+    return efl_check_queue(loss, queue);
+}
+
+/* The state as the device holds it: 3*C accumulators, acc_bytes each. */
+static efl_status read_raw(efl_loss *loss, cl_command_queue queue, void **out)
+{
+    const size_t bytes = 3 * (size_t)loss->cfg.num_classes * loss->acc_bytes;
+    void *buf = malloc(bytes);
     if (!buf)
         return EFL_ERROR_OUT_OF_MEMORY;
-    cl_int err = clEnqueueReadBuffer(queue, loss->state, CL_TRUE, 0, 3 * C * loss->acc_bytes, buf, 0, NULL, NULL);
+    cl_int err = clEnqueueReadBuffer(queue, loss->state, CL_TRUE, 0, bytes, buf, 0, NULL, NULL);
     if (err != CL_SUCCESS) {
         free(buf);
         return efl_cl_fail(loss->ctx, err);
     }
-    double *outs[3] = {pos_grad, neg_grad, pos_neg};
-    for (size_t k = 0; k < 3; ++k)
-        for (size_t j = 0; outs[k] && j < C; ++j)
-            outs[k][j] = acc_to_double(loss, buf, k * C + j);
+    *out = buf;
+    return EFL_OK;
+}
+
+/* Reads into three arrays of C values (NULL skips one) and, if r is not NULL, 3*C residuals. */
+static efl_status read_totals(efl_loss *loss, cl_command_queue queue, double *const v[3], float *r)
+{
+    void *buf = NULL;
+    efl_status st = read_raw(loss, queue, &buf);
+    if (st != EFL_OK)
+        return st;
+    const size_t C = loss->cfg.num_classes;
+    for (size_t k = 0; k < 3; ++k) {
+        for (size_t j = 0; v[k] && j < C; ++j) {
+            float rest = 0.0f;
+            efl_acc_decode(loss, buf, k * C + j, &v[k][j], &rest);
+            if (r)
+                r[k * C + j] = rest;
+        }
+    }
     free(buf);
     return EFL_OK;
 }
 
-static efl_status write_state(efl_loss *loss, cl_command_queue queue, const double *pos_grad,
-                              const double *neg_grad, const double *pos_neg)
+/* Finite, >= 0, and within what the accumulators hold (a float pair's hi is a float). */
+static int total_ok(const efl_loss *loss, double v)
+{
+    return isfinite(v) && v >= 0.0 && (loss->kp.fp64 || v <= FLT_MAX);
+}
+
+/* Checks every value, then writes all of them and the table that follows from them. A NULL
+ * array means the reset value; r (3*C residuals) may be NULL for none. */
+static efl_status write_totals(efl_loss *loss, cl_command_queue queue, const double *const v[3], const float *r)
 {
     const size_t C = loss->cfg.num_classes;
+    for (size_t k = 0; k < 3; ++k)
+        for (size_t j = 0; v[k] && j < C; ++j)
+            if (!total_ok(loss, v[k][j]))
+                return EFL_ERROR_INVALID_STATE;
     void *buf = malloc(3 * C * loss->acc_bytes);
     if (!buf)
         return EFL_ERROR_OUT_OF_MEMORY;
-    const double *ins[3] = {pos_grad, neg_grad, pos_neg};
     for (size_t k = 0; k < 3; ++k)
         for (size_t j = 0; j < C; ++j)
-            double_to_acc(loss, buf, k * C + j, ins[k] ? ins[k][j] : (k == 2 ? 1.0 : 0.0));
+            efl_acc_encode(loss, buf, k * C + j, v[k] ? v[k][j] : initial_total(loss, k), r ? r[k * C + j] : 0.0f);
     cl_int err = clEnqueueWriteBuffer(queue, loss->state, CL_TRUE, 0, 3 * C * loss->acc_bytes, buf, 0, NULL, NULL);
     free(buf);
     if (err != CL_SUCCESS)
@@ -68,31 +124,54 @@ static efl_status write_state(efl_loss *loss, cl_command_queue queue, const doub
     return efl_refresh_table(loss, queue);
 }
 
+efl_status efl_loss_read_state(efl_loss *loss, cl_command_queue queue, double *pos_grad, double *neg_grad,
+                               double *pos_neg)
+{
+    efl_status st = efl_state_check_call(loss, queue);
+    if (st != EFL_OK)
+        return st;
+    double *const v[3] = {pos_grad, neg_grad, pos_neg};
+    return read_totals(loss, queue, v, NULL);
+}
+
+/* Any finite pos_neg >= 0 is accepted, in EFL mode too: the next update clamps it again. */
 efl_status efl_loss_write_state(efl_loss *loss, cl_command_queue queue, const double *pos_grad,
                                 const double *neg_grad, const double *pos_neg)
 {
-    if (!loss)
-        return EFL_ERROR_NULL_HANDLE;
-    efl_status st = efl_check_queue(loss, queue);
+    efl_status st = efl_state_check_call(loss, queue);
     if (st != EFL_OK)
         return st;
     if (!pos_grad || !neg_grad || !pos_neg)
         return EFL_ERROR_NULL_BUFFER;
-    for (size_t j = 0; j < loss->cfg.num_classes; ++j) {
-        const double v[3] = {pos_grad[j], neg_grad[j], pos_neg[j]};
-        for (int k = 0; k < 3; ++k)
-            if (!isfinite(v[k]) || v[k] < 0.0)
-                return EFL_ERROR_INVALID_STATE;
-    }
-    return write_state(loss, queue, pos_grad, neg_grad, pos_neg);
+    const double *const v[3] = {pos_grad, neg_grad, pos_neg};
+    return write_totals(loss, queue, v, NULL);
 }
 
 efl_status efl_loss_reset_state(efl_loss *loss, cl_command_queue queue)
 {
-    if (!loss)
-        return EFL_ERROR_NULL_HANDLE;
-    efl_status st = efl_check_queue(loss, queue);
+    efl_status st = efl_state_check_call(loss, queue);
     if (st != EFL_OK)
         return st;
-    return write_state(loss, queue, NULL, NULL, NULL);
+    const double *const none[3] = {NULL, NULL, NULL};
+    return write_totals(loss, queue, none, NULL);
+}
+
+efl_status efl_state_read_exact(efl_loss *loss, cl_command_queue queue, double *v, float *r)
+{
+    efl_status st = efl_state_check_call(loss, queue);
+    if (st != EFL_OK)
+        return st;
+    const size_t C = loss->cfg.num_classes;
+    double *const parts[3] = {v, v + C, v + 2 * C};
+    return read_totals(loss, queue, parts, r);
+}
+
+efl_status efl_state_write_exact(efl_loss *loss, cl_command_queue queue, const double *v, const float *r)
+{
+    efl_status st = efl_state_check_call(loss, queue);
+    if (st != EFL_OK)
+        return st;
+    const size_t C = loss->cfg.num_classes;
+    const double *const parts[3] = {v, v + C, v + 2 * C};
+    return write_totals(loss, queue, parts, r);
 }

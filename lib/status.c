@@ -32,6 +32,13 @@ const char *efl_status_string(efl_status status)
     case EFL_ERROR_OPENCL: return "OpenCL error";
     case EFL_ERROR_NONFINITE: return "non-finite value (Inf or NaN): step skipped";
     case EFL_ERROR_INVALID_DTYPE: return "invalid dtype";
+    case EFL_ERROR_INVALID_MODE: return "invalid mode, or a call this mode has no use for";
+    case EFL_ERROR_INVALID_LAYOUT: return "invalid layout or shape";
+    case EFL_ERROR_IO: return "file input/output failed";
+    case EFL_ERROR_CHECKPOINT_CORRUPT: return "checkpoint truncated or corrupted";
+    case EFL_ERROR_CHECKPOINT_VERSION: return "checkpoint format version not supported";
+    case EFL_ERROR_CHECKPOINT_MISMATCH: return "checkpoint of another mode, C or parameters";
+    case EFL_ERROR_REFUSED_BY_PEER: return "another rank refused the step: update skipped";
     case EFL_STATUS_COUNT_: break;
     }
     return "unknown status";

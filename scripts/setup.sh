@@ -13,8 +13,9 @@ what="${1:-test}"
 case "$what" in bench|test|build) ;; *) echo "usage: $0 bench|test|build" >&2; exit 2 ;; esac
 
 # Build tools (clang and its libFuzzer runtime for the fuzz targets), the OpenCL ICD loader and
-# headers, three independent OpenCL implementations (PoCL, Mesa rusticl, Oclgrind), and the
-# Python side of the tests (Debian's torch and numpy).
+# headers, three independent OpenCL implementations (PoCL, Mesa rusticl, Oclgrind), CLBlast (the
+# training example's GEMMs), Open MPI (efl_mpi and its tests), and the Python side of the tests
+# (Debian's torch and numpy).
 packages=(cmake make gcc libc6-dev pkg-config clang-14 libclang-rt-14-dev
           ocl-icd-opencl-dev opencl-c-headers clinfo
           pocl-opencl-icd mesa-opencl-icd oclgrind valgrind
@@ -50,7 +51,7 @@ case "$what" in
     ctest --test-dir build-tsan --output-on-failure -R '^test_context'
     # The host-side parsers under libFuzzer (clang), 20 s each from the corpus in tests/fuzz.
     CC=clang-14 cmake -S . -B build-fuzz -DEFL_FUZZ=ON -DEFL_BUILD_BENCH=OFF
-    cmake --build build-fuzz -j"$(nproc)" --target fuzz_cache_entry fuzz_config
+    cmake --build build-fuzz -j"$(nproc)" --target fuzz_cache_entry fuzz_config fuzz_checkpoint
     ctest --test-dir build-fuzz --output-on-failure -R '^fuzz_'
     ;;
   build) ;;

@@ -64,58 +64,21 @@ void efl_ref_element(double x, int t, double gamma_j, double w_j, double alpha, 
     *dl = -alpha_t * w_j * (t ? 1.0 : -1.0) * q_gamma * (q - gamma_j * pt * log_pt);
 }
 
+/* The original functions are the mode-aware ones in EFL mode, whatever p->mode holds (callers
+ * may leave mode and mu unset). */
+static efl_ref_params efl_mode_params(const efl_ref_params *p)
+{
+    efl_ref_params q = *p;
+    q.mode = EFL_REF_MODE_EFL;
+    return q;
+}
+
 size_t efl_ref_forward_backward(const efl_ref_params *p, const double *g, const float *x, const int32_t *y,
                                 size_t n, double normalizer, efl_ref_reduction reduction, double *grad,
                                 double *P, double *Nsum, efl_ref_result *res)
 {
-    const size_t C = p->num_classes;
-    const double scale = reduction == EFL_REF_MEAN ? p->loss_weight / normalizer : p->loss_weight;
-    efl_ref_result r = {0};
-    if (P)
-        memset(P, 0, C * sizeof *P);
-    if (Nsum)
-        memset(Nsum, 0, C * sizeof *Nsum);
-
-    double total = 0.0;
-    for (size_t i = 0; i < n; ++i) {
-        int32_t col = -1;
-        int kind = efl_ref_label_column(p, y[i], &col);
-        double *grow = grad ? grad + i * C : NULL;
-        if (kind != 1) {
-            if (kind < 0) {
-                if (r.invalid_rows == 0)
-                    r.first_invalid = i;
-                r.invalid_rows++;
-            }
-            if (grow)
-                memset(grow, 0, C * sizeof *grow);
-            continue;
-        }
-        r.valid_rows++;
-        if (col >= 0)
-            r.positives++;
-        for (size_t j = 0; j < C; ++j) {
-            int t = (int32_t)j == col;
-            double gamma_j = p->gamma + p->scale * (1.0 - g[j]);
-            double w_j = gamma_j / p->gamma;
-            double l, dl;
-            efl_ref_element((double)x[i * C + j], t, gamma_j, w_j, p->alpha, &l, &dl);
-            total += l;
-            double G = dl * scale;
-            if (grow)
-                grow[j] = G;
-            if (t) {
-                if (P)
-                    P[j] += fabs(G);
-            } else if (Nsum) {
-                Nsum[j] += fabs(G);
-            }
-        }
-    }
-    r.loss = total * scale;
-    if (res)
-        *res = r;
-    return r.invalid_rows;
+    const efl_ref_params q = efl_mode_params(p);
+    return efl_ref_forward_backward_mode(&q, g, x, y, n, normalizer, reduction, grad, NULL, P, Nsum, res);
 }
 
 void efl_ref_update(efl_ref_state *st, const double *P, const double *Nsum)
@@ -131,19 +94,8 @@ void efl_ref_update(efl_ref_state *st, const double *P, const double *Nsum)
 size_t efl_ref_step(const efl_ref_params *p, efl_ref_state *st, const float *x, const int32_t *y, size_t n,
                     double normalizer, efl_ref_reduction reduction, double *grad, efl_ref_result *res)
 {
-    const size_t C = p->num_classes;
-    double *P = malloc(C * sizeof *P);
-    double *Ns = malloc(C * sizeof *Ns);
-    if (!P || !Ns)
-        abort();
-    size_t bad = efl_ref_forward_backward(p, st->g, x, y, n, normalizer, reduction, grad, P, Ns, res);
-    /* n == 0 is "no step" (efl.h); otherwise the update is unconditional, as in the reference
-     * implementation's hook, even when every row is ignored. */
-    if (bad == 0 && n > 0)
-        efl_ref_update(st, P, Ns);
-    free(P);
-    free(Ns);
-    return bad;
+    const efl_ref_params q = efl_mode_params(p);
+    return efl_ref_step_mode(&q, st, x, y, n, normalizer, reduction, grad, NULL, res);
 }
 
 int efl_ref_state_init(efl_ref_state *st, uint32_t num_classes)
@@ -175,4 +127,167 @@ void efl_ref_state_copy(efl_ref_state *dst, const efl_ref_state *src)
     memcpy(dst->pos, src->pos, b);
     memcpy(dst->neg, src->neg, b);
     memcpy(dst->g, src->g, b);
+}
+
+/* ------------------------------------------------------------ every mode */
+int efl_ref_state_init_mode(efl_ref_state *st, uint32_t num_classes, efl_ref_mode mode)
+{
+    if (!efl_ref_state_init(st, num_classes))
+        return 0;
+    if (mode == EFL_REF_MODE_EQLV2) /* SPEC: "g initialised to 100 (both weights about 1)" */
+        for (uint32_t j = 0; j < num_classes; ++j)
+            st->g[j] = 100.0;
+    return 1;
+}
+
+/* EQLv2's per-class weights from g (SPEC "Related modes"). */
+static void eqlv2_weights(const efl_ref_params *p, double g, double *pos_w, double *neg_w)
+{
+    *neg_w = sigmoid(p->gamma * (g - p->mu));
+    *pos_w = 1.0 + p->alpha * (1.0 - *neg_w);
+}
+
+size_t efl_ref_forward_backward_mode(const efl_ref_params *p, const double *g, const float *x, const int32_t *y,
+                                     size_t n, double normalizer, efl_ref_reduction reduction, double *grad,
+                                     double *elems, double *P, double *Nsum, efl_ref_result *res)
+{
+    const size_t C = p->num_classes;
+    const double scale = reduction == EFL_REF_MEAN ? p->loss_weight / normalizer : p->loss_weight;
+    efl_ref_result r = {0};
+    if (P)
+        memset(P, 0, C * sizeof *P);
+    if (Nsum)
+        memset(Nsum, 0, C * sizeof *Nsum);
+    /* per-class factors, from the state before the step */
+    double *fa = malloc((C ? C : 1) * sizeof *fa), *fb = malloc((C ? C : 1) * sizeof *fb);
+    if (!fa || !fb)
+        abort();
+    for (size_t j = 0; j < C; ++j) {
+        if (p->mode == EFL_REF_MODE_EQLV2) {
+            eqlv2_weights(p, g[j], &fa[j], &fb[j]); /* fa = pos_w, fb = neg_w */
+        } else if (p->mode == EFL_REF_MODE_FOCAL) {
+            fa[j] = p->gamma; /* gamma_j */
+            fb[j] = 1.0;      /* w_j */
+        } else {
+            fa[j] = p->gamma + p->scale * (1.0 - g[j]);
+            fb[j] = fa[j] / p->gamma;
+        }
+    }
+
+    double total = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+        int32_t col = -1;
+        int kind = efl_ref_label_column(p, y[i], &col);
+        double *grow = grad ? grad + i * C : NULL;
+        double *erow = elems ? elems + i * C : NULL;
+        if (kind != 1) {
+            if (kind < 0) {
+                if (r.invalid_rows == 0)
+                    r.first_invalid = i;
+                r.invalid_rows++;
+            }
+            if (grow)
+                memset(grow, 0, C * sizeof *grow);
+            if (erow)
+                memset(erow, 0, C * sizeof *erow);
+            continue;
+        }
+        r.valid_rows++;
+        if (col >= 0)
+            r.positives++;
+        for (size_t j = 0; j < C; ++j) {
+            const int t = (int32_t)j == col;
+            const double xv = (double)x[i * C + j];
+            double l, dl, stat;
+            if (p->mode == EFL_REF_MODE_EQLV2) {
+                const double w = t ? fa[j] : fb[j];
+                const double z = t ? xv : -xv;
+                /* BCE = -log p_t = softplus(-z) = -log_sigmoid(z); sigmoid(x) - t = -(1 - p_t) for a
+                 * positive, p = 1 - p_t = sigmoid(-z) for a negative: |.| = sigmoid(-z) either way */
+                const double q = sigmoid(-z);
+                l = w * -log_sigmoid(z);
+                dl = t ? -w * q : w * q;
+                stat = w * q;
+            } else {
+                efl_ref_element(xv, t, fa[j], fb[j], p->alpha, &l, &dl);
+                stat = fabs(dl * scale);
+            }
+            total += l;
+            if (grow)
+                grow[j] = dl * scale;
+            if (erow)
+                erow[j] = p->loss_weight * l;
+            if (t) {
+                if (P)
+                    P[j] += stat;
+            } else if (Nsum) {
+                Nsum[j] += stat;
+            }
+        }
+    }
+    free(fa);
+    free(fb);
+    r.loss = total * scale;
+    if (res)
+        *res = r;
+    return r.invalid_rows;
+}
+
+void efl_ref_update_mode(const efl_ref_params *p, efl_ref_state *st, const double *P, const double *Nsum)
+{
+    if (p->mode == EFL_REF_MODE_FOCAL)
+        return;
+    if (p->mode != EFL_REF_MODE_EQLV2) {
+        efl_ref_update(st, P, Nsum);
+        return;
+    }
+    for (uint32_t j = 0; j < st->num_classes; ++j) {
+        st->pos[j] += P[j];
+        st->neg[j] += Nsum[j];
+        st->g[j] = st->pos[j] / (st->neg[j] + 1e-10);
+    }
+}
+
+size_t efl_ref_step_mode(const efl_ref_params *p, efl_ref_state *st, const float *x, const int32_t *y, size_t n,
+                         double normalizer, efl_ref_reduction reduction, double *grad, double *elems,
+                         efl_ref_result *res)
+{
+    const size_t C = p->num_classes;
+    double *P = malloc((C ? C : 1) * sizeof *P);
+    double *Ns = malloc((C ? C : 1) * sizeof *Ns);
+    if (!P || !Ns)
+        abort();
+    size_t bad = efl_ref_forward_backward_mode(p, st->g, x, y, n, normalizer, reduction, grad, elems, P, Ns, res);
+    /* n == 0 is "no step" (efl.h); otherwise the update is unconditional, as in the reference
+     * implementation's hook, even when every row is ignored. */
+    if (bad == 0 && n > 0)
+        efl_ref_update_mode(p, st, P, Ns);
+    free(P);
+    free(Ns);
+    return bad;
+}
+
+size_t efl_ref_grad_stats(const efl_ref_params *p, const double *G, const int32_t *y, size_t n, double grad_scale,
+                          double *P, double *Nsum)
+{
+    const size_t C = p->num_classes;
+    size_t bad = 0;
+    memset(P, 0, C * sizeof *P);
+    memset(Nsum, 0, C * sizeof *Nsum);
+    for (size_t i = 0; i < n; ++i) {
+        int32_t col = -1;
+        int kind = efl_ref_label_column(p, y[i], &col);
+        if (kind < 0)
+            bad++;
+        if (kind != 1)
+            continue;
+        for (size_t j = 0; j < C; ++j) {
+            const double a = fabs(G[i * C + j]) / grad_scale;
+            if ((int32_t)j == col)
+                P[j] += a;
+            else
+                Nsum[j] += a;
+        }
+    }
+    return bad;
 }

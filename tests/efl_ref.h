@@ -9,7 +9,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum { EFL_REF_MEAN = 0, EFL_REF_SUM = 1 } efl_ref_reduction;
+/* NONE: loss_weight * l per element (ignored rows 0); its gradient is that of the elements'
+ * sum, i.e. scaled by loss_weight as for SUM. */
+typedef enum { EFL_REF_MEAN = 0, EFL_REF_SUM = 1, EFL_REF_NONE = 2 } efl_ref_reduction;
+
+/* SPEC "Related modes". */
+typedef enum {
+    EFL_REF_MODE_EFL = 0,   /* Equalized Focal Loss */
+    EFL_REF_MODE_FOCAL = 1, /* gamma_j = gamma_b, w_j = 1 for every class; no state */
+    EFL_REF_MODE_EQLV2 = 2  /* weighted BCE: neg_w = sigmoid(gamma (g - mu)), pos_w = 1 + alpha (1 - neg_w) */
+} efl_ref_mode;
 
 typedef struct {
     uint32_t num_classes; /* C: logit columns */
@@ -19,6 +28,10 @@ typedef struct {
     double loss_weight;
     int32_t ignore_index;
     int zero_based; /* 0: reference convention (0 = bg, k = column k-1); 1: k = column k, C = bg */
+    /* Read only by the *_mode functions below; the original functions are EFL mode whatever
+     * these hold (a caller of those may leave them unset). EQLv2 reads gamma, alpha, mu (not scale). */
+    efl_ref_mode mode;
+    double mu;
 } efl_ref_params;
 
 /* Per-class state, float64, C values each. */
@@ -62,7 +75,41 @@ size_t efl_ref_step(const efl_ref_params *p, efl_ref_state *st, const float *x, 
                     double normalizer, efl_ref_reduction reduction, double *grad, efl_ref_result *res);
 
 int efl_ref_state_init(efl_ref_state *st, uint32_t num_classes); /* pos = neg = 0, g = 1; 0 on OOM */
+/* The same for a mode: EQLv2 starts from g = 100, the others from g = 1. */
+int efl_ref_state_init_mode(efl_ref_state *st, uint32_t num_classes, efl_ref_mode mode);
 void efl_ref_state_free(efl_ref_state *st);
 void efl_ref_state_copy(efl_ref_state *dst, const efl_ref_state *src); /* same C */
+
+/* ------------------------------------------------------------ every mode
+ * The same operations for p->mode (EFL, focal, EQLv2); p->mode and p->mu must be set.
+ *  - EFL: as above.  Focal: as EFL with gamma_j = gamma_b and w_j = 1 whatever g holds.
+ *  - EQLv2, element (x, t) of class j: w = t ? pos_w_j : neg_w_j,
+ *      l = w * BCE(x, t) = w * softplus(-z) (z = x if t else -x),  dl/dx = w * (sigmoid(x) - t).
+ * grad (may be NULL) is dl/dx times the reduction's scale: loss_weight / normalizer (MEAN),
+ * loss_weight (SUM, NONE). elems [n*C] (may be NULL) receives loss_weight * l per element, 0 on
+ * ignored and invalid rows (the NONE output). res->loss is the reduced loss (NONE: the sum of
+ * elems). P, Nsum [C] (may be NULL) receive this step's statistics over valid rows:
+ *  - EFL, focal: sums of |grad| (so including loss_weight and 1/normalizer);
+ *  - EQLv2: sums of |sigmoid(x) - t| * w, without loss_weight or normalizer.
+ * Returns the number of invalid rows. */
+size_t efl_ref_forward_backward_mode(const efl_ref_params *p, const double *g, const float *x, const int32_t *y,
+                                     size_t n, double normalizer, efl_ref_reduction reduction, double *grad,
+                                     double *elems, double *P, double *Nsum, efl_ref_result *res);
+
+/* The state update for p->mode: EFL as efl_ref_update; focal: nothing changes; EQLv2: pos += P,
+ * neg += N, g = pos / (neg + 1e-10) unclamped. */
+void efl_ref_update_mode(const efl_ref_params *p, efl_ref_state *st, const double *P, const double *Nsum);
+
+/* A whole training step for p->mode (forward/backward with the state from before the step, then
+ * the update unless a label is invalid or n == 0). grad, elems may be NULL. */
+size_t efl_ref_step_mode(const efl_ref_params *p, efl_ref_state *st, const float *x, const int32_t *y, size_t n,
+                         double normalizer, efl_ref_reduction reduction, double *grad, double *elems,
+                         efl_ref_result *res);
+
+/* Statistics of a gradient G [n, C] the caller supplies (efl_enqueue_accumulate): P_j, N_j =
+ * sums of |G| / grad_scale over valid rows (positives in P, the rest in Nsum). Returns the
+ * number of invalid rows. */
+size_t efl_ref_grad_stats(const efl_ref_params *p, const double *G, const int32_t *y, size_t n, double grad_scale,
+                          double *P, double *Nsum);
 
 #endif

@@ -93,7 +93,9 @@ static void test_normalizer_and_reduction(void)
     check_untouched("invalid normalizer");
     CHECK_STATUS(STEP(L, E.queue, BX, BY, N, 1.0f, (efl_reduction)7, BL, BG), EFL_ERROR_INVALID_REDUCTION);
     CHECK_STATUS(STEP(L, E.queue, BX, BY, N, 1.0f, (efl_reduction)-1, BL, BG), EFL_ERROR_INVALID_REDUCTION);
-    CHECK_STATUS(FWD(L, E.queue, BX, BY, N, 1.0f, (efl_reduction)2, BL), EFL_ERROR_INVALID_REDUCTION);
+    CHECK_STATUS(FWD(L, E.queue, BX, BY, N, 1.0f, (efl_reduction)3, BL), EFL_ERROR_INVALID_REDUCTION);
+    /* EFL_REDUCTION_NONE writes one loss per element: a one-float output is too small */
+    CHECK_STATUS(STEP(L, E.queue, BX, BY, N, 1.0f, EFL_REDUCTION_NONE, BL, BG), EFL_ERROR_BUFFER_TOO_SMALL);
     check_untouched("invalid reduction");
     tu_end();
 }

@@ -158,6 +158,14 @@ void tu_release(cl_mem b)
         clReleaseMemObject(b);
 }
 
+void *tu_xmalloc(size_t bytes)
+{
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p)
+        tu_fatal(__FILE__, __LINE__, "malloc");
+    return p;
+}
+
 efl_loss *tu_loss(tu_env *e, const efl_loss_config *cfg)
 {
     efl_loss *loss = NULL;
@@ -186,6 +194,8 @@ efl_ref_params tu_ref_params(const efl_loss_config *cfg)
     p.loss_weight = cfg->loss_weight;
     p.ignore_index = cfg->ignore_index;
     p.zero_based = cfg->labels == EFL_LABELS_ZERO_BASED;
+    p.mode = (efl_ref_mode)cfg->mode;
+    p.mu = cfg->mu;
     return p;
 }
 
@@ -224,6 +234,52 @@ int tu_state_equal_bits(const efl_ref_state *a, const efl_ref_state *b)
     size_t bytes = a->num_classes * sizeof(double);
     return a->num_classes == b->num_classes && memcmp(a->pos, b->pos, bytes) == 0 &&
            memcmp(a->neg, b->neg, bytes) == 0 && memcmp(a->g, b->g, bytes) == 0;
+}
+
+/* ------------------------------------------------------------ batches */
+efl_batch tu_rows_batch(size_t n, cl_mem x, cl_mem y, cl_mem grad, cl_mem loss, float normalizer)
+{
+    efl_batch b;
+    efl_batch_init(&b);
+    b.layout = EFL_LAYOUT_ROWS;
+    b.rows = n;
+    b.input[0] = x;
+    b.labels = y;
+    b.grad[0] = grad;
+    b.loss = loss;
+    b.normalizer = normalizer;
+    return b;
+}
+
+void tu_check_refused(tu_env *e, efl_loss *loss, const tu_batch_case *cases, size_t count, const efl_ref_state *state,
+                      const cl_mem *outs, const size_t *sizes, size_t nouts)
+{
+    size_t most = 1;
+    for (size_t k = 0; k < nouts; ++k)
+        most = sizes[k] > most ? sizes[k] : most;
+    unsigned char *raw = tu_xmalloc(most);
+    efl_ref_state now;
+    if (!efl_ref_state_init(&now, state->num_classes))
+        tu_fatal(__FILE__, __LINE__, "malloc");
+    for (size_t c = 0; c < count; ++c) {
+        for (size_t k = 0; k < nouts; ++k)
+            tu_fill(e, outs[k], sizes[k], TU_SENTINEL);
+        efl_status st = efl_enqueue_batch(loss, e->queue, cases[c].op, &cases[c].b, 0, NULL, NULL);
+        CHECK_MSG(st == cases[c].want, "%s: %s, expected %s", cases[c].what, efl_status_string(st),
+                  efl_status_string(cases[c].want));
+        REQUIRE_CL(clFinish(e->queue));
+        tu_read_state(e, loss, &now);
+        CHECK_MSG(tu_state_equal_bits(state, &now), "%s: the state changed", cases[c].what);
+        size_t touched = 0;
+        for (size_t k = 0; k < nouts; ++k) {
+            tu_read(e, outs[k], sizes[k], raw);
+            for (size_t i = 0; i < sizes[k]; ++i)
+                touched += raw[i] != TU_SENTINEL;
+        }
+        CHECK_MSG(touched == 0, "%s: %zu output byte(s) written", cases[c].what, touched);
+    }
+    efl_ref_state_free(&now);
+    free(raw);
 }
 
 /* ---------------------------------------------------------------- RNG */
@@ -371,6 +427,65 @@ int tu_all_finite_f32(const float *v, size_t n)
     return 1;
 }
 
+int tu_bits_equal(const char *what, const void *a, const void *b, size_t n, size_t esize)
+{
+    size_t diff = 0, first = 0;
+    for (size_t k = 0; k < n; ++k)
+        if (memcmp((const char *)a + k * esize, (const char *)b + k * esize, esize) != 0) {
+            if (!diff)
+                first = k;
+            diff++;
+        }
+    if (diff && esize == 4) {
+        float fa, fb;
+        memcpy(&fa, (const char *)a + first * 4, 4);
+        memcpy(&fb, (const char *)b + first * 4, 4);
+        return CHECK_MSG(0, "%s: %zu of %zu element(s) differ bitwise; first [%zu]: %.9g vs %.9g", what, diff, n, first,
+                         fa, fb);
+    }
+    return CHECK_MSG(diff == 0, "%s: %zu of %zu element(s) differ bitwise; first [%zu]", what, diff, n, first);
+}
+
+int tu_cmp_loss(float got, double ref, const char *fmt, ...)
+{
+    char what[192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return tu_cmp_f32(what, &got, &ref, 1, TU_LOSS_RTOL, 0.0);
+}
+
+int tu_cmp_grad(const float *got, const double *ref, size_t n, const char *fmt, ...)
+{
+    char what[192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return tu_cmp_f32(what, got, ref, n, TU_GRAD_RTOL, TU_GRAD_ATOL_REL * tu_max_abs(ref, n));
+}
+
+int tu_cmp_state(const efl_ref_state *got, const efl_ref_state *want, double rtol_few, double rtol, const char *fmt,
+                 ...)
+{
+    char name[160], what[192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    const size_t C = want->num_classes;
+    const char *sep = name[0] ? " " : "";
+    int ok = 1;
+    snprintf(what, sizeof what, "%s%spos_grad", name, sep);
+    ok &= tu_cmp_f64(what, got->pos, want->pos, C, rtol_few, 1e-12 * tu_max_abs(want->pos, C));
+    snprintf(what, sizeof what, "%s%sneg_grad", name, sep);
+    ok &= tu_cmp_f64(what, got->neg, want->neg, C, rtol, 1e-12 * tu_max_abs(want->neg, C));
+    snprintf(what, sizeof what, "%s%spos_neg", name, sep);
+    ok &= tu_cmp_f64(what, got->g, want->g, C, rtol_few, 1e-12);
+    return ok;
+}
+
 /* ------------------------------------------------------ step compare */
 int tu_step_compare(tu_env *e, efl_loss *loss, const efl_ref_params *rp, efl_ref_state *rs, const float *x,
                     const int32_t *y, size_t n, float normalizer, efl_reduction red, float *dev_grad)
@@ -399,11 +514,9 @@ int tu_step_compare(tu_env *e, efl_loss *loss, const efl_ref_params *rp, efl_ref
     if (bad)
         tu_fatal(__FILE__, __LINE__, "test generated an invalid label");
 
-    ok &= tu_cmp_f32("loss", &dloss, &res.loss, 1, TU_LOSS_RTOL, 0.0);
-    ok &= tu_cmp_f32("grad", grad, rgrad, nc, TU_GRAD_RTOL, TU_GRAD_ATOL_REL * tu_max_abs(rgrad, nc));
-    ok &= tu_cmp_f64("pos_grad", ds.pos, rs->pos, C, TU_STATE_RTOL_FEW, 1e-12 * tu_max_abs(rs->pos, C));
-    ok &= tu_cmp_f64("neg_grad", ds.neg, rs->neg, C, TU_STATE_RTOL_FEW, 1e-12 * tu_max_abs(rs->neg, C));
-    ok &= tu_cmp_f64("pos_neg", ds.g, rs->g, C, TU_STATE_RTOL_FEW, 1e-12);
+    ok &= tu_cmp_loss(dloss, res.loss, "loss");
+    ok &= tu_cmp_grad(grad, rgrad, nc, "grad");
+    ok &= tu_cmp_state(&ds, rs, TU_STATE_RTOL_FEW, TU_STATE_RTOL_FEW, "%s", "");
     if (dev_grad)
         memcpy(dev_grad, grad, nc * sizeof *grad);
 

@@ -18,6 +18,12 @@
 
 #define TU_SKIP_CODE 77
 
+#if defined(__GNUC__)
+#define TU_PRINTF(fmt_arg, first_arg) __attribute__((format(printf, fmt_arg, first_arg)))
+#else
+#define TU_PRINTF(fmt_arg, first_arg)
+#endif
+
 /* ------------------------------------------------------------ checks */
 /* A test binary runs named cases: tu_begin("x") ... tu_end() prints "PASS x" or "FAIL x";
  * tu_exit_code() is non-zero if any check anywhere failed. */
@@ -72,6 +78,7 @@ void tu_write(tu_env *e, cl_mem b, size_t bytes, const void *src);
 void tu_read(tu_env *e, cl_mem b, size_t bytes, void *dst);
 void tu_fill(tu_env *e, cl_mem b, size_t bytes, unsigned char byte);
 void tu_release(cl_mem b);
+void *tu_xmalloc(size_t bytes); /* malloc (at least 1 byte); fatal on failure */
 
 efl_loss *tu_loss(tu_env *e, const efl_loss_config *cfg); /* fatal on failure */
 efl_ref_params tu_ref_params(const efl_loss_config *cfg);
@@ -89,6 +96,42 @@ int tu_state_equal_bits(const efl_ref_state *a, const efl_ref_state *b);
  * steps, so a simulator runs the same cases in a minute. */
 size_t tu_rows(size_t n);
 int tu_steps(int steps);
+
+/* ------------------------------------------------------------ batches */
+/* A rows-layout efl_batch over n rows: input[0] = x, labels = y, grad[0] = grad, loss = loss (any
+ * may be NULL) and the float normalizer; the rest as efl_batch_init leaves it (MEAN, float32,
+ * grad_scale 1, no normalizer buffer, no loss_elems). */
+efl_batch tu_rows_batch(size_t n, cl_mem x, cl_mem y, cl_mem grad, cl_mem loss, float normalizer);
+
+/* A batch efl_enqueue_batch must refuse with `want`, changing nothing. */
+typedef struct {
+    const char *what;
+    efl_op op;
+    efl_status want;
+    efl_batch b;
+} tu_batch_case;
+/* Appends to the array `cases` (nb entries so far) a case named desc: a copy of the batch `base`,
+ * then the statements given last, which change the copy through `b` (an efl_batch *), e.g.
+ *     TU_BATCH_CASE(cases, nb, good, "rows 0", EFL_OP_STEP, EFL_ERROR_..., b->rows = 0);
+ * Fatal when the array is full. */
+#define TU_BATCH_CASE(cases, nb, base, desc, o, w, ...)                                                              \
+    do {                                                                                                           \
+        if ((nb) >= sizeof(cases) / sizeof((cases)[0]))                                                           \
+            tu_fatal(__FILE__, __LINE__, "too many batch cases");                                                  \
+        tu_batch_case *tu_case_ = &(cases)[(nb)++];                                                                \
+        tu_case_->what = (desc);                                                                                   \
+        tu_case_->op = (o);                                                                                        \
+        tu_case_->want = (w);                                                                                      \
+        tu_case_->b = (base);                                                                                      \
+        efl_batch *b = &tu_case_->b;                                                                               \
+        (void)b;                                                                                                   \
+        __VA_ARGS__;                                                                                               \
+    } while (0)
+/* Each case through efl_enqueue_batch on `loss`: the status must be the case's, and nothing may
+ * change: the state stays bitwise `state`, and outs[k] (sizes[k] bytes each, filled with
+ * TU_SENTINEL before every case) keep the sentinel in every byte. */
+void tu_check_refused(tu_env *e, efl_loss *loss, const tu_batch_case *cases, size_t count, const efl_ref_state *state,
+                      const cl_mem *outs, const size_t *sizes, size_t nouts);
 
 /* ---------------------------------------------------------------- RNG */
 typedef struct {
@@ -136,6 +179,9 @@ int tu_cmp_f64(const char *what, const double *got, const double *ref, size_t n,
 double tu_max_abs(const double *v, size_t n);
 size_t tu_count_nonzero(const double *v, size_t n);
 int tu_all_finite_f32(const float *v, size_t n);
+/* n elements of esize bytes each bitwise equal; on failure prints how many differ and the first
+ * (its values too when esize is 4: floats), records a check failure and returns 0. */
+int tu_bits_equal(const char *what, const void *a, const void *b, size_t n, size_t esize);
 
 /* Tolerances, see test_parity.c for the argument. */
 #define TU_LOSS_RTOL 1e-5
@@ -150,6 +196,15 @@ int tu_all_finite_f32(const float *v, size_t n);
  * wherever classes sum many elements, and the replay check in test_parity holds the
  * accumulators themselves to 1e-6 of each increment. */
 #define TU_STATE_RTOL_FEW 2e-6
+
+/* tu_cmp_f32 with the tolerances above, named by a printf format: a loss (TU_LOSS_RTOL), a
+ * gradient (TU_GRAD_RTOL, absolute floor TU_GRAD_ATOL_REL times max|ref|), and a state: pos_grad
+ * and pos_neg to rtol_few (classes that sum few elements), neg_grad to rtol, absolute floors 1e-12
+ * of max|ref| (pos_neg: 1e-12), reported as "<name> pos_grad" etc. */
+int tu_cmp_loss(float got, double ref, const char *fmt, ...) TU_PRINTF(3, 4);
+int tu_cmp_grad(const float *got, const double *ref, size_t n, const char *fmt, ...) TU_PRINTF(4, 5);
+int tu_cmp_state(const efl_ref_state *got, const efl_ref_state *want, double rtol_few, double rtol, const char *fmt,
+                 ...) TU_PRINTF(5, 6);
 
 /* One device step (efl_enqueue_step on fresh buffers) and one reference step from the
  * reference state `rs` (advanced), compared: loss, gradient, then device state vs rs

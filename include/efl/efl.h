@@ -89,7 +89,16 @@ typedef enum {
     EFL_ERROR_NONFINITE = 23,           /* found on the device: Inf or NaN in a valid row's logits or
                                            supplied gradient; the step was skipped */
     EFL_ERROR_INVALID_DTYPE = 24,       /* not an efl_dtype value */
-    EFL_STATUS_COUNT_ = 25
+    EFL_ERROR_INVALID_MODE = 25,        /* not an efl_mode value, or a call the loss's mode has no use
+                                           for (state calls on a focal-loss loss) */
+    EFL_ERROR_INVALID_LAYOUT = 26,      /* not an efl_layout value, or a shape that does not fit it */
+    EFL_ERROR_IO = 27,                  /* a checkpoint file could not be opened, written or renamed */
+    EFL_ERROR_CHECKPOINT_CORRUPT = 28,  /* not a checkpoint, truncated, or its checksum fails */
+    EFL_ERROR_CHECKPOINT_VERSION = 29,  /* a checkpoint format version this library does not read */
+    EFL_ERROR_CHECKPOINT_MISMATCH = 30, /* a checkpoint of another mode, C or parameters */
+    EFL_ERROR_REFUSED_BY_PEER = 31,     /* data parallel: another rank's device refused the step, so
+                                           this one skipped its update too */
+    EFL_STATUS_COUNT_ = 32
 } efl_status;
 
 /* A short, constant English name for a status ("invalid normalizer"). Never NULL. */
@@ -162,8 +171,21 @@ typedef enum {
 
 typedef enum {
     EFL_REDUCTION_MEAN = 0, /* loss_weight * sum / normalizer */
-    EFL_REDUCTION_SUM = 1   /* loss_weight * sum */
+    EFL_REDUCTION_SUM = 1,  /* loss_weight * sum */
+    EFL_REDUCTION_NONE = 2  /* loss_weight * l per element, into a buffer shaped like the logits
+                               (ignored rows 0); the gradient is that of the elements' sum */
 } efl_reduction;
+
+/* The loss family (SPEC "Related modes"). */
+typedef enum {
+    EFL_MODE_EFL = 0,   /* Equalized Focal Loss (the default) */
+    EFL_MODE_FOCAL = 1, /* focal loss: gamma_b and alpha for every class; keeps no state */
+    EFL_MODE_EQLV2 = 2  /* EQLv2: gamma (12), mu (0.8) and alpha (4) set the per-class weights
+                           neg_w = sigmoid(gamma (g - mu)), pos_w = 1 + alpha (1 - neg_w); weighted
+                           binary cross-entropy; g = pos_grad / (neg_grad + 1e-10) unclamped, from 100.
+                           The reference's "mean" divides by the number of rows: pass it as the
+                           normalizer. The statistics are |sigmoid(x) - t| * weight, unscaled. */
+} efl_mode;
 
 typedef struct {
     uint32_t num_classes; /* C: logit columns, background excluded (1203 for LVIS) */
@@ -174,10 +196,15 @@ typedef struct {
     int32_t ignore_index; /* -1; rows with this label are ignored */
     efl_label_convention labels;
     efl_accumulate accumulate; /* EFL_ACCUMULATE_AUTO */
+    efl_mode mode;             /* EFL_MODE_EFL */
+    float mu;                  /* EQLv2 only: 0.8 */
 } efl_loss_config;
 
-/* Fill cfg with the reference defaults for C classes. */
+/* Fill cfg with the reference defaults for C classes (EFL mode). */
 EFL_API void efl_loss_config_init(efl_loss_config *cfg, uint32_t num_classes);
+/* The same for a mode: EFL and focal as above (focal: scale_factor 0); EQLv2: gamma 12, alpha 4,
+ * mu 0.8, loss_weight 1. */
+EFL_API void efl_loss_config_init_mode(efl_loss_config *cfg, uint32_t num_classes, efl_mode mode);
 
 typedef struct efl_loss_s efl_loss;
 
@@ -191,7 +218,8 @@ EFL_API efl_status efl_loss_get_config(const efl_loss *loss, efl_loss_config *cf
 
 /* One training step, one fused pass over the logits.
  *   logits  float32 [n, C] row-major      labels  int32 [n]
- *   loss    float32 [1]: the reduced loss (written on the device; no host sync is forced)
+ *   loss    float32 [1]: the reduced loss (written on the device; no host sync is forced);
+ *           for EFL_REDUCTION_NONE the per-element loss, [n, C] like the logits
  *   grad    float32 [n, C]: d loss / d logits
  * then the gradient-guided state update (SPEC "Gradient accumulation") with this step's grad.
  * The step reads the state from before the step. normalizer is used by EFL_REDUCTION_MEAN
@@ -234,10 +262,88 @@ EFL_API efl_status efl_enqueue_accumulate(efl_loss *loss, cl_command_queue queue
                                           cl_uint num_events_in_wait_list, const cl_event *event_wait_list,
                                           cl_event *event);
 
+/* ----------------------------------------------------- layouts and batches */
+/* Where a batch's rows live.
+ *   EFL_LAYOUT_ROWS: one buffer [rows, C], row-major (the concatenation the loss is defined on).
+ *   EFL_LAYOUT_ANCHOR_MAJOR / _CLASS_MAJOR: the classification head's own outputs, one buffer per
+ *   FPN level shaped [B, A*C, H, W], channel a*C + c (anchor-major) or c*A + a (class-major). Row
+ *   order (labels, and what each layout equals) is the reference's concatenation: image-major,
+ *   then level, then location h*W + w, then anchor a: row = b * R + level_offset + (h*W + w)*A + a
+ *   with R = sum over levels of H*W*A. No copy is made: the kernels read the levels in place. */
+typedef enum {
+    EFL_LAYOUT_ROWS = 0,
+    EFL_LAYOUT_ANCHOR_MAJOR = 1,
+    EFL_LAYOUT_CLASS_MAJOR = 2
+} efl_layout;
+
+#define EFL_MAX_LEVELS 8
+
+typedef enum {
+    EFL_OP_STEP = 0,       /* loss, gradient, then the state update */
+    EFL_OP_FORWARD = 1,    /* loss only */
+    EFL_OP_ACCUMULATE = 2, /* the state update from a gradient the caller computed (input[]) */
+    EFL_OP_COMPUTE = 3,    /* data parallel: a step whose update waits for efl_loss_apply_statistics */
+    EFL_OP_COLLECT = 4     /* data parallel: an accumulate whose update waits likewise */
+} efl_op;
+
+/* Everything one enqueue reads and writes. efl_batch_init() gives rows layout, float32, mean,
+ * normalizer 1, grad_scale 1 and NULL buffers. Per-level arrays use entries [0, levels); the
+ * rows layout uses entry 0. Buffers are at offset 0; their sizes are checked. */
+typedef struct {
+    efl_layout layout;
+    efl_dtype dtype;      /* storage of input, grad and loss_elems */
+    size_t rows;          /* EFL_LAYOUT_ROWS: n */
+    uint32_t images;      /* B (head layouts) */
+    uint32_t anchors;     /* A (head layouts) */
+    uint32_t levels;      /* 1..EFL_MAX_LEVELS (head layouts) */
+    uint32_t height[EFL_MAX_LEVELS], width[EFL_MAX_LEVELS];
+    cl_mem input[EFL_MAX_LEVELS];      /* logits; for EFL_OP_ACCUMULATE the caller's gradient */
+    cl_mem grad[EFL_MAX_LEVELS];       /* EFL_OP_STEP: d loss / d logits, same shapes */
+    cl_mem loss_elems[EFL_MAX_LEVELS]; /* EFL_REDUCTION_NONE: the per-element loss, same shapes */
+    cl_mem labels;                     /* int32, one per row, in row order */
+    efl_reduction reduction;
+    float normalizer;          /* EFL_REDUCTION_MEAN, when normalizer_buffer is NULL */
+    cl_mem normalizer_buffer;  /* or float32 [1] read on the device (no host sync); a value that is
+                                  not finite and > 0 refuses the step (query: INVALID_NORMALIZER) */
+    cl_mem loss;               /* float32 [1]: the reduced loss (MEAN, SUM; unused by NONE) */
+    float grad_scale;          /* EFL_OP_ACCUMULATE: statistics are |input| / grad_scale */
+} efl_batch;
+
+EFL_API void efl_batch_init(efl_batch *batch);
+
+/* The general enqueue behind every other one: checks everything (a bad batch changes nothing),
+ * then the kernels on the caller's queue. Device-side verdicts as for efl_enqueue_step. */
+EFL_API efl_status efl_enqueue_batch(efl_loss *loss, cl_command_queue queue, efl_op op, const efl_batch *batch,
+                                     cl_uint num_events_in_wait_list, const cl_event *event_wait_list,
+                                     cl_event *event);
+
+/* ---------------------------------------------------------- data parallel */
+/* SPEC "Gradient accumulation": in data-parallel training P and N are summed over all ranks
+ * before the update. The protocol, on each rank's queue:
+ *   1. efl_enqueue_batch(loss, queue, EFL_OP_COMPUTE, ...) (or EFL_OP_COLLECT with a gradient of
+ *      your own): loss and gradient as for a step, and this step's per-class statistics; the
+ *      state update is held back.
+ *   2. efl_loss_read_statistics(): blocking; EFL_STATISTICS_LENGTH(C) doubles: P[0..C),
+ *      N[0..C) and, last, 1 if this rank's device refused the step (invalid label, non-finite
+ *      value, bad normalizer), else 0.
+ *   3. Sum them element-wise over the ranks with any collective (MPI_Allreduce with MPI_SUM,
+ *      or efl_mpi.h, which does 1-4 in one call).
+ *   4. efl_loss_apply_statistics() with the sums: the state update and the next step's factors.
+ *      If the last value is > 0 (a rank refused), every rank skips the update and counts it;
+ *      efl_loss_query_status() then gives this rank's own reason, or EFL_ERROR_REFUSED_BY_PEER.
+ * Every rank applies the same sums to the same state, so the states stay bitwise identical.
+ * Focal loss keeps no statistics: EFL_ERROR_INVALID_MODE. */
+#define EFL_STATISTICS_LENGTH(num_classes) (2 * (size_t)(num_classes) + 1)
+EFL_API efl_status efl_loss_read_statistics(efl_loss *loss, cl_command_queue queue, double *stats);
+/* Values must be finite and >= 0 (EFL_ERROR_INVALID_STATE, nothing done). Enqueued on `queue`;
+ * the host array may be reused on return. */
+EFL_API efl_status efl_loss_apply_statistics(efl_loss *loss, cl_command_queue queue, const double *stats);
+
 /* Blocking: waits for `queue` to finish, then reports what the device found in the most recent
- * step, forward or accumulate of this loss: EFL_OK, EFL_ERROR_INVALID_LABEL, or
- * EFL_ERROR_NONFINITE (Inf or NaN in a valid row's logits or gradient). Steps and accumulates
- * refused for either reason left the state untouched. */
+ * step, forward or accumulate of this loss: EFL_OK, EFL_ERROR_INVALID_LABEL,
+ * EFL_ERROR_INVALID_NORMALIZER (a normalizer_buffer holding a value that is not finite and > 0)
+ * or EFL_ERROR_NONFINITE (Inf or NaN in a valid row's logits or gradient). Steps and accumulates
+ * refused for any of these left the state untouched. */
 EFL_API efl_status efl_loss_query_status(efl_loss *loss, cl_command_queue queue);
 
 /* Blocking: how many steps and accumulates this loss has refused (invalid labels, non-finite
@@ -253,13 +359,31 @@ EFL_API efl_status efl_loss_read_state(efl_loss *loss, cl_command_queue queue, d
  * this call; the update clamps it again). Invalid values: EFL_ERROR_INVALID_STATE, nothing written. */
 EFL_API efl_status efl_loss_write_state(efl_loss *loss, cl_command_queue queue, const double *pos_grad,
                                         const double *neg_grad, const double *pos_neg);
-/* Back to pos_grad = neg_grad = 0, pos_neg = 1. */
+/* Back to pos_grad = neg_grad = 0, pos_neg = 1 (EQLv2: 100). */
 EFL_API efl_status efl_loss_reset_state(efl_loss *loss, cl_command_queue queue);
+
+/* ------------------------------------------------------------ checkpoints */
+/* The state to a file and back: a versioned little-endian header (mode, C, parameters), the
+ * float64 totals, a checksum. Saving writes a temporary file in the same folder, flushes it and
+ * renames it over `path`, so an interruption leaves the previous checkpoint intact. Loading
+ * checks everything before it writes the state: a truncated or corrupted file
+ * (EFL_ERROR_CHECKPOINT_CORRUPT), another format version (_VERSION), another mode, C, gamma,
+ * alpha, s or mu (_MISMATCH) leaves the state as it was. Blocking on `queue`. A focal-loss loss
+ * has no state: EFL_ERROR_INVALID_MODE. Resuming from a checkpoint continues bitwise as if
+ * uninterrupted (float-pair devices included). */
+EFL_API efl_status efl_loss_save_checkpoint(efl_loss *loss, cl_command_queue queue, const char *path);
+EFL_API efl_status efl_loss_load_checkpoint(efl_loss *loss, cl_command_queue queue, const char *path);
+/* The same through memory: *size is the buffer's capacity in, the checkpoint's bytes out (a NULL
+ * buffer just sizes it). */
+EFL_API efl_status efl_loss_export_checkpoint(efl_loss *loss, cl_command_queue queue, void *buffer, size_t *size);
+EFL_API efl_status efl_loss_import_checkpoint(efl_loss *loss, cl_command_queue queue, const void *buffer,
+                                              size_t size);
 
 /* ------------------------------------------------------- host conveniences */
 /* The same calls on host arrays, through a queue the loss owns (created on first use). They
  * block until done. On any error, including EFL_ERROR_INVALID_LABEL, the host outputs and the
- * state are left as they were. grad may be NULL for efl_loss_step_host (state is still updated). */
+ * state are left as they were. grad may be NULL for efl_loss_step_host (state is still updated).
+ * With EFL_REDUCTION_NONE, loss_out receives n * C losses in the logits' storage type. */
 EFL_API efl_status efl_loss_step_host(efl_loss *loss, const float *logits, const int32_t *labels, size_t n,
                                       float normalizer, efl_reduction reduction, float *loss_out,
                                       float *grad_out);
@@ -279,6 +403,28 @@ EFL_API efl_status efl_loss_read_state_host(efl_loss *loss, double *pos_grad, do
 EFL_API efl_status efl_loss_write_state_host(efl_loss *loss, const double *pos_grad, const double *neg_grad,
                                              const double *pos_neg);
 EFL_API efl_status efl_loss_reset_state_host(efl_loss *loss);
+EFL_API efl_status efl_loss_save_checkpoint_host(efl_loss *loss, const char *path);
+EFL_API efl_status efl_loss_load_checkpoint_host(efl_loss *loss, const char *path);
+
+/* A batch on host arrays: the efl_batch fields with host pointers instead of buffers (loss,
+ * normalizer_buffer: a float in host memory). Outputs are written only on success. */
+typedef struct {
+    efl_layout layout;
+    efl_dtype dtype;
+    size_t rows;
+    uint32_t images, anchors, levels;
+    uint32_t height[EFL_MAX_LEVELS], width[EFL_MAX_LEVELS];
+    const void *input[EFL_MAX_LEVELS];
+    void *grad[EFL_MAX_LEVELS];       /* may be NULL for EFL_OP_STEP (the state is still updated) */
+    void *loss_elems[EFL_MAX_LEVELS];
+    const int32_t *labels;
+    efl_reduction reduction;
+    float normalizer;
+    float *loss;
+    float grad_scale;
+} efl_host_batch;
+EFL_API void efl_host_batch_init(efl_host_batch *batch);
+EFL_API efl_status efl_loss_run_host(efl_loss *loss, efl_op op, const efl_host_batch *batch);
 
 #ifdef __cplusplus
 }

@@ -7,7 +7,21 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["load", "library_path", "Status", "Config", "REDUCTIONS", "LABEL_CONVENTIONS", "ACCUMULATE", "DTYPES"]
+__all__ = [
+    "load",
+    "library_path",
+    "Status",
+    "Config",
+    "HostBatch",
+    "MAX_LEVELS",
+    "REDUCTIONS",
+    "LABEL_CONVENTIONS",
+    "ACCUMULATE",
+    "DTYPES",
+    "MODES",
+    "LAYOUTS",
+    "OPS",
+]
 
 
 class Status:
@@ -38,13 +52,23 @@ class Status:
     ERROR_OPENCL = 22
     ERROR_NONFINITE = 23
     ERROR_INVALID_DTYPE = 24
+    ERROR_INVALID_MODE = 25
+    ERROR_INVALID_LAYOUT = 26
+    ERROR_IO = 27
+    ERROR_CHECKPOINT_CORRUPT = 28
+    ERROR_CHECKPOINT_VERSION = 29
+    ERROR_CHECKPOINT_MISMATCH = 30
 
 
-# efl_reduction, efl_label_convention, efl_accumulate, efl_dtype
-REDUCTIONS = {"mean": 0, "sum": 1}
+# efl_reduction, efl_label_convention, efl_accumulate, efl_dtype, efl_mode, efl_layout, efl_op
+REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
 LABEL_CONVENTIONS = {"reference": 0, "zero_based": 1}
 ACCUMULATE = {"auto": 0, "float_pairs": 1}
 DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
+MODES = {"efl": 0, "focal": 1, "eqlv2": 2}
+LAYOUTS = {"rows": 0, "anchor": 1, "class": 2}  # EFL_LAYOUT_ROWS, _ANCHOR_MAJOR, _CLASS_MAJOR
+OPS = {"step": 0, "forward": 1, "accumulate": 2}
+MAX_LEVELS = 8  # EFL_MAX_LEVELS
 
 
 class Config(ctypes.Structure):
@@ -59,6 +83,31 @@ class Config(ctypes.Structure):
         ("ignore_index", ctypes.c_int32),
         ("labels", ctypes.c_int),  # an enum: int-sized on every ABI we target
         ("accumulate", ctypes.c_int),
+        ("mode", ctypes.c_int),  # efl_mode
+        ("mu", ctypes.c_float),
+    ]
+
+
+class HostBatch(ctypes.Structure):
+    """efl_host_batch: a batch on host arrays (pointers are raw addresses, c_void_p)."""
+
+    _fields_ = [
+        ("layout", ctypes.c_int),
+        ("dtype", ctypes.c_int),
+        ("rows", ctypes.c_size_t),
+        ("images", ctypes.c_uint32),
+        ("anchors", ctypes.c_uint32),
+        ("levels", ctypes.c_uint32),
+        ("height", ctypes.c_uint32 * MAX_LEVELS),
+        ("width", ctypes.c_uint32 * MAX_LEVELS),
+        ("input", ctypes.c_void_p * MAX_LEVELS),
+        ("grad", ctypes.c_void_p * MAX_LEVELS),
+        ("loss_elems", ctypes.c_void_p * MAX_LEVELS),
+        ("labels", ctypes.c_void_p),
+        ("reduction", ctypes.c_int),
+        ("normalizer", ctypes.c_float),
+        ("loss", ctypes.c_void_p),
+        ("grad_scale", ctypes.c_float),
     ]
 
 
@@ -80,6 +129,7 @@ _PROTOTYPES = {
     "efl_context_log": (ctypes.c_size_t, [_handle, ctypes.c_char_p, ctypes.c_size_t]),
     "efl_context_warmup": (_status, [_handle]),
     "efl_loss_config_init": (None, [ctypes.POINTER(Config), ctypes.c_uint32]),
+    "efl_loss_config_init_mode": (None, [ctypes.POINTER(Config), ctypes.c_uint32, ctypes.c_int]),
     "efl_loss_create": (_status, [_handle, ctypes.POINTER(Config), _handle_p]),
     "efl_loss_destroy": (None, [_handle]),
     "efl_loss_get_config": (_status, [_handle, ctypes.POINTER(Config)]),
@@ -109,6 +159,20 @@ _PROTOTYPES = {
     "efl_loss_read_state_host": (_status, [_handle, _c_double_p, _c_double_p, _c_double_p]),
     "efl_loss_write_state_host": (_status, [_handle, _c_double_p, _c_double_p, _c_double_p]),
     "efl_loss_reset_state_host": (_status, [_handle]),
+    "efl_host_batch_init": (None, [ctypes.POINTER(HostBatch)]),
+    "efl_loss_run_host": (_status, [_handle, ctypes.c_int, ctypes.POINTER(HostBatch)]),
+    "efl_loss_save_checkpoint_host": (_status, [_handle, ctypes.c_char_p]),
+    "efl_loss_load_checkpoint_host": (_status, [_handle, ctypes.c_char_p]),
+}
+
+# Declared when present: a library older than the header lacks them, and the calls that need
+# them say so (EflError) instead of the whole binding failing to load.
+_OPTIONAL = {
+    "efl_loss_config_init_mode",
+    "efl_host_batch_init",
+    "efl_loss_run_host",
+    "efl_loss_save_checkpoint_host",
+    "efl_loss_load_checkpoint_host",
 }
 
 
@@ -149,7 +213,12 @@ def load():
                 break
             continue
         for name, (restype, argtypes) in _PROTOTYPES.items():
-            fn = getattr(lib, name)
+            try:
+                fn = getattr(lib, name)
+            except AttributeError:
+                if name in _OPTIONAL:
+                    continue
+                raise
             fn.restype = restype
             fn.argtypes = argtypes
         _lib, _lib_path = lib, path
@@ -158,6 +227,11 @@ def load():
         "libefl not found (set EFL_LIBRARY to the path of libefl.so, or build it into <repo>/build): "
         + "; ".join(errors or ["ctypes.util.find_library('efl') found nothing"])
     )
+
+
+def has(name):
+    """Whether the loaded library exports `name` (one of the optional, newer calls)."""
+    return hasattr(load(), name)
 
 
 def library_path():

@@ -1,7 +1,7 @@
 /* libFuzzer target: the loss configuration's checks (efl_check_config, lib/loss.c) on arbitrary
  * field values: never a crash, always a status with a name, and anything accepted is a
  * configuration the kernels can run (C in range, finite positive gamma_b, finite parameters, a
- * known label convention and accumulation, an ignore_index that is no valid label). */
+ * known label convention, accumulation and mode, a finite mu, an ignore_index that is no valid label). */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -24,6 +24,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                        cfg.scale_factor >= 0.0f && isfinite(cfg.loss_weight) &&
                        (cfg.labels == EFL_LABELS_REFERENCE || cfg.labels == EFL_LABELS_ZERO_BASED) &&
                        (cfg.accumulate == EFL_ACCUMULATE_AUTO || cfg.accumulate == EFL_ACCUMULATE_FLOAT_PAIRS) &&
+                       (cfg.mode == EFL_MODE_EFL || cfg.mode == EFL_MODE_FOCAL || cfg.mode == EFL_MODE_EQLV2) &&
+                       isfinite(cfg.mu) &&
                        (cfg.ignore_index < 0 || (uint32_t)cfg.ignore_index > cfg.num_classes);
         if (!ok)
             abort();

@@ -11,13 +11,12 @@
   ERROR_NONFINITE, leaves the state as it was and is counted in skipped_steps.
 Exit: 0 all passed, 1 a test failed, 77 skipped (no OpenCL device).
 """
-import os
 import sys
-import traceback
 
 import numpy as np
 
 import efl
+from _common import run_tests  # this folder is on sys.path: the script's own
 
 
 def bf16_bits(x):
@@ -121,28 +120,9 @@ def test_accumulate_and_nonfinite():
 TESTS = [test_float16, test_bfloat16, test_accumulate_and_nonfinite]
 
 
-def main():
-    try:
-        efl.warmup()
-    except efl.EflError as exc:
-        if exc.status == efl.Status.ERROR_NO_DEVICE or (
-                exc.status == efl.Status.ERROR_DEVICE_NOT_FOUND and os.environ.get("EFL_DEVICE")):
-            print("SKIP: no such OpenCL device here (%s)" % exc)
-            return 77
-        raise
-    passed = failed = 0
-    for t in TESTS:
-        try:
-            t()
-            print("ok   %s" % t.__name__)
-            passed += 1
-        except Exception:
-            print("FAIL %s" % t.__name__)
-            traceback.print_exc(file=sys.stdout)
-            failed += 1
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+def main(argv):
+    return run_tests(TESTS, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv))

@@ -10,10 +10,7 @@ accumulation of SPEC "Gradient accumulation" with that autograd gradient. Librar
 reference each evolve their own state over consecutive steps.
 """
 
-import os
 import sys
-import time
-import traceback
 
 try:
     import torch
@@ -25,6 +22,7 @@ except Exception as exc:  # ImportError, or a broken install
 import numpy as np
 
 import efl
+from _common import run_tests  # this folder is on sys.path: the script's own
 
 torch.set_num_threads(1)  # float64 elementwise work: more threads only contend (2-core CI)
 
@@ -562,39 +560,7 @@ TESTS = [
 
 
 def main(argv):
-    selected = [t for t in TESTS if len(argv) < 2 or any(a in t.__name__ for a in argv[1:])]
-    try:
-        efl.warmup()
-    except OSError as exc:
-        print("FAIL: cannot load libefl: %s" % exc)
-        print("0 passed, 1 failed")
-        return 1
-    except efl.EflError as exc:
-        if exc.status == efl.Status.ERROR_NO_DEVICE:
-            print("SKIP: no OpenCL device (%s)" % exc)
-            return 77
-        if exc.status == efl.Status.ERROR_DEVICE_NOT_FOUND and os.environ.get("EFL_DEVICE"):
-            print("SKIP: this machine has no device matching EFL_DEVICE=%s" % os.environ["EFL_DEVICE"])
-            return 77
-        print("FAIL: cannot set up the default context: %s" % exc)
-        print("0 passed, 1 failed")
-        return 1
-    print("efl %s from %s" % (efl.version(), efl.library_path()))
-    passed = failed = 0
-    for t in selected:
-        t0 = time.perf_counter()
-        try:
-            t()
-        except Exception:
-            failed += 1
-            print("FAIL %s (%.2fs)" % (t.__name__, time.perf_counter() - t0))
-            traceback.print_exc(file=sys.stdout)
-        else:
-            passed += 1
-            print("ok   %s (%.2fs)" % (t.__name__, time.perf_counter() - t0))
-        sys.stdout.flush()
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return run_tests(TESTS, argv)
 
 
 if __name__ == "__main__":

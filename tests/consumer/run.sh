@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Usage: run.sh BUILD_DIR SOURCE_DIR
+# Installs the built efl into a prefix inside BUILD_DIR, then builds and runs tests/consumer
+# against it twice: through find_package(efl) and through pkg-config (efl.pc).
+# Exit 77: no OpenCL device (the consumer's own skip code).
+set -eu
+build=$(cd "$1" && pwd)
+src=$(cd "$2" && pwd)
+work=$build/consumer-package
+prefix=$work/prefix
+rm -rf "$work" # a previous install must not stand in for this one
+mkdir -p "$work"
+
+cmake --install "$build" --prefix "$prefix"
+
+# find_package: the consumer sees only the prefix, never the efl build tree.
+cmake -S "$src/tests/consumer" -B "$work/cmake-build" -DCMAKE_PREFIX_PATH="$prefix" \
+      -DCMAKE_BUILD_TYPE=Release
+cmake --build "$work/cmake-build"
+"$work/cmake-build/consumer"
+"$work/cmake-build/consumer_static"
+
+# pkg-config: the .pc file alone gives the compile and link flags.
+pcdir=$(dirname "$(find "$prefix" -name efl.pc -path '*/pkgconfig/*' | head -n1)")
+[ -f "$pcdir/efl.pc" ] || { echo "efl.pc not installed" >&2; exit 1; }
+export PKG_CONFIG_PATH=$pcdir${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+pkg-config --validate efl
+libdir=$(pkg-config --variable=libdir efl)
+# shellcheck disable=SC2046 # the flags are meant to split
+${CC:-cc} -std=c11 -Wall -Wextra -o "$work/consumer-pc" "$src/tests/consumer/consumer.c" \
+    $(pkg-config --cflags --libs efl)
+LD_LIBRARY_PATH=$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$work/consumer-pc"
+# and the static library, whose dependencies come from Libs.private and Requires (-lefl dropped so
+# that libefl.a, not libefl.so, provides the library)
+static_libs=()
+for f in $(pkg-config --libs --static efl); do [ "$f" = -lefl ] || static_libs+=("$f"); done
+# shellcheck disable=SC2046
+${CC:-cc} -std=c11 -o "$work/consumer-pc-static" "$src/tests/consumer/consumer.c" \
+    $(pkg-config --cflags efl) "$libdir/libefl.a" "${static_libs[@]}"
+"$work/consumer-pc-static"
