@@ -20,7 +20,10 @@
 
 static tu_env E;
 
-enum { N = 48, C = 7, K = 16, STEPS = 10000, INF_STEP = 3333, NAN_STEP = 7777 };
+enum { N = 48, C = 7, K = 16 };
+/* 10,000 steps; 300 under EFL_TEST_SMALL (Oclgrind, where the full run takes nine minutes: it
+ * checks the memory accesses there, not the precision) */
+static int STEPS = 10000, INF_STEP = 3333, NAN_STEP = 7777;
 
 static float grad_scale_of(int t) { return ldexpf(1.0f, t * 12 / STEPS); }
 
@@ -101,7 +104,8 @@ static void run(efl_accumulate acc, const char *name)
     tu_cmp_f64("neg_grad", ds.neg, neg, C, 1e-6, 0.0);
     tu_cmp_f64("pos_neg", ds.g, g, C, 1e-6, 0.0);
     printf("  float32 totals on the same sequence drift %.2e relative from float64\n", drift);
-    CHECK_MSG(drift > 1e-6, "float32 totals drift only %.2e: this sequence could not tell the paths apart", drift);
+    CHECK_MSG(drift > 1e-6 || tu_small(), "float32 totals drift only %.2e: this sequence could not tell the paths apart",
+              drift);
     uint32_t skipped = 0;
     CHECK_STATUS(efl_loss_skipped_steps(loss, E.queue, &skipped), EFL_OK);
     CHECK_MSG(skipped == 2, "%u steps counted as skipped, 2 expected", skipped);
@@ -116,12 +120,14 @@ static void run(efl_accumulate acc, const char *name)
 
 int main(void)
 {
+    if (tu_small())
+        STEPS = 300, INF_STEP = 100, NAN_STEP = 233;
     tu_env_init(&E);
     if (E.has_fp64)
-        run(EFL_ACCUMULATE_AUTO, "10000 steps, float64 totals");
+        run(EFL_ACCUMULATE_AUTO, "long run, float64 totals");
     else
-        printf("SKIP 10000 steps, float64 totals: the device has no cl_khr_fp64 (AUTO is float pairs here)\n");
-    run(EFL_ACCUMULATE_FLOAT_PAIRS, "10000 steps, compensated float pairs");
+        printf("SKIP long run, float64 totals: the device has no cl_khr_fp64 (AUTO is float pairs here)\n");
+    run(EFL_ACCUMULATE_FLOAT_PAIRS, "long run, compensated float pairs");
     tu_env_free(&E);
     return tu_exit_code();
 }

@@ -628,3 +628,4 @@ size_t tu_rows(size_t n)
     return n / 10 > floor_rows ? n / 10 : floor_rows;
 }
 int tu_steps(int steps) { return small_mode() && steps > 3 ? 3 : steps; }
+int tu_small(void) { return small_mode(); }

@@ -96,6 +96,8 @@ int tu_state_equal_bits(const efl_ref_state *a, const efl_ref_state *b);
  * steps, so a simulator runs the same cases in a minute. */
 size_t tu_rows(size_t n);
 int tu_steps(int steps);
+/* 1 under EFL_TEST_SMALL (the simulator's runs) */
+int tu_small(void);
 
 /* ------------------------------------------------------------ batches */
 /* A rows-layout efl_batch over n rows: input[0] = x, labels = y, grad[0] = grad, loss = loss (any
