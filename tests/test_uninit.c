@@ -32,17 +32,29 @@ static void fill(void)
     tu_make_labels(&r, Y, N, C, &lo);
 }
 
-/* One case: a fresh context, one loss, the calls, nothing shared with another case. */
+/* One case: a fresh context and one loss on it, nothing shared with another case. */
+static efl_loss *open_case(tu_env *e, efl_mode mode)
+{
+    tu_env_init(e);
+    efl_loss_config cfg;
+    efl_loss_config_init_mode(&cfg, C, mode);
+    return tu_loss(e, &cfg);
+}
+
+static void close_case(tu_env *e, efl_loss *loss)
+{
+    efl_loss_destroy(loss);
+    tu_env_free(e);
+    tu_end();
+}
+
 static void rows_case(efl_mode mode, efl_dtype dtype, efl_reduction red)
 {
     char name[96];
     snprintf(name, sizeof name, "rows: mode %d, dtype %d, reduction %d", (int)mode, (int)dtype, (int)red);
     tu_begin(name);
     tu_env e;
-    tu_env_init(&e);
-    efl_loss_config cfg;
-    efl_loss_config_init_mode(&cfg, C, mode);
-    efl_loss *loss = tu_loss(&e, &cfg);
+    efl_loss *loss = open_case(&e, mode);
     efl_host_batch b;
     efl_host_batch_init(&b);
     b.dtype = dtype;
@@ -63,9 +75,7 @@ static void rows_case(efl_mode mode, efl_dtype dtype, efl_reduction red)
     CHECK_STATUS(efl_loss_run_host(loss, EFL_OP_FORWARD, &b), EFL_OK);
     if (mode != EFL_MODE_FOCAL)
         CHECK_STATUS(efl_loss_run_host(loss, EFL_OP_ACCUMULATE, &b), EFL_OK);
-    efl_loss_destroy(loss);
-    tu_env_free(&e);
-    tu_end();
+    close_case(&e, loss);
 }
 
 static void head_case(efl_mode mode, efl_layout layout)
@@ -74,10 +84,7 @@ static void head_case(efl_mode mode, efl_layout layout)
     snprintf(name, sizeof name, "head layout %d, mode %d", (int)layout, (int)mode);
     tu_begin(name);
     tu_env e;
-    tu_env_init(&e);
-    efl_loss_config cfg;
-    efl_loss_config_init_mode(&cfg, C, mode);
-    efl_loss *loss = tu_loss(&e, &cfg);
+    efl_loss *loss = open_case(&e, mode);
     /* B = 2, A = 2, levels 3 x 3 and 1 x 3: 2 * (9 + 3) * 2 = 48 rows = N */
     efl_host_batch b;
     efl_host_batch_init(&b);
@@ -95,9 +102,7 @@ static void head_case(efl_mode mode, efl_layout layout)
     CHECK_STATUS(efl_loss_run_host(loss, EFL_OP_STEP, &b), EFL_OK);
     b.reduction = EFL_REDUCTION_NONE;
     CHECK_STATUS(efl_loss_run_host(loss, EFL_OP_STEP, &b), EFL_OK);
-    efl_loss_destroy(loss);
-    tu_env_free(&e);
-    tu_end();
+    close_case(&e, loss);
 }
 
 /* The device-side calls: a normalizer buffer (good, then bad), a refused label, and the
@@ -106,10 +111,7 @@ static void device_case(void)
 {
     tu_begin("normalizer buffer, refused steps, data-parallel apply");
     tu_env e;
-    tu_env_init(&e);
-    efl_loss_config cfg;
-    efl_loss_config_init(&cfg, C);
-    efl_loss *loss = tu_loss(&e, &cfg);
+    efl_loss *loss = open_case(&e, EFL_MODE_EFL);
     const float good = 4.0f, bad = 0.0f;
     cl_mem bx = tu_buf(&e, sizeof X, X), by = tu_buf(&e, sizeof Y, Y), bg = tu_buf(&e, sizeof G, NULL),
            bl = tu_buf(&e, 4, NULL), bn = tu_buf(&e, 4, &good);
@@ -137,9 +139,7 @@ static void device_case(void)
     cl_mem all[] = {bx, by, bg, bl, bn};
     for (size_t i = 0; i < sizeof all / sizeof *all; ++i)
         tu_release(all[i]);
-    efl_loss_destroy(loss);
-    tu_env_free(&e);
-    tu_end();
+    close_case(&e, loss);
 }
 
 int main(void)
