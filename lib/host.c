@@ -309,7 +309,7 @@ static efl_status read_outputs(efl_loss *loss, efl_op op, const efl_host_batch *
         if (hb->elems[l] && err == CL_SUCCESS)
             err = clEnqueueReadBuffer(q, hb->elems[l], CL_TRUE, 0, elems[l] * esize, b->loss_elems[l], 0, NULL, NULL);
     }
-    if (op != EFL_OP_ACCUMULATE && b->reduction != EFL_REDUCTION_NONE && err == CL_SUCCESS)
+    if (!efl_op_collects(op) && b->reduction != EFL_REDUCTION_NONE && err == CL_SUCCESS)
         err = clEnqueueReadBuffer(q, hb->loss, CL_TRUE, 0, sizeof(float), b->loss, 0, NULL, NULL);
     return err == CL_SUCCESS ? EFL_OK : efl_cl_fail(loss->ctx, err);
 }
@@ -340,8 +340,8 @@ efl_status efl_loss_run_host(efl_loss *loss, efl_op op, const efl_host_batch *b)
     efl_status st = efl_batch_shape(loss, &bt, elems, &levels, &rows);
     if (st != EFL_OK)
         return st;
-    const int elementwise = op != EFL_OP_ACCUMULATE && b->reduction == EFL_REDUCTION_NONE;
-    if (op != EFL_OP_ACCUMULATE && !elementwise && !b->loss)
+    const int elementwise = !efl_op_collects(op) && b->reduction == EFL_REDUCTION_NONE;
+    if (!efl_op_collects(op) && !elementwise && !b->loss)
         return EFL_ERROR_NULL_BUFFER;
     for (uint32_t l = 0; l < levels && rows > 0; ++l)
         if (!b->input[l] || (elementwise && !b->loss_elems[l]))
@@ -359,7 +359,7 @@ efl_status efl_loss_run_host(efl_loss *loss, efl_op op, const efl_host_batch *b)
         hb.labels = host_input(loss, b->labels, rows * sizeof(cl_int), &err);
     for (uint32_t l = 0; l < levels && rows > 0 && err == CL_SUCCESS; ++l) {
         hb.in[l] = host_input(loss, b->input[l], elems[l] * esize, &err);
-        if (op == EFL_OP_STEP && err == CL_SUCCESS) /* a NULL grad still needs somewhere to go */
+        if (efl_op_writes_grad(op) && err == CL_SUCCESS) /* a NULL grad still needs somewhere to go */
             hb.grad[l] = clCreateBuffer(cx, CL_MEM_WRITE_ONLY, elems[l] * esize, NULL, &err);
         if (elementwise && err == CL_SUCCESS)
             hb.elems[l] = clCreateBuffer(cx, CL_MEM_WRITE_ONLY, elems[l] * esize, NULL, &err);
@@ -383,4 +383,22 @@ efl_status efl_loss_run_host(efl_loss *loss, efl_op op, const efl_host_batch *b)
     clFinish(loss->host_queue);
     release_host_buffers(&hb);
     return st;
+}
+
+efl_status efl_loss_read_statistics_host(efl_loss *loss, double *stats)
+{
+    if (!loss)
+        return EFL_ERROR_NULL_HANDLE;
+    efl_status st = ensure_queue(loss);
+    return st == EFL_OK ? efl_loss_read_statistics(loss, loss->host_queue, stats) : st;
+}
+
+efl_status efl_loss_apply_statistics_host(efl_loss *loss, const double *stats)
+{
+    if (!loss)
+        return EFL_ERROR_NULL_HANDLE;
+    efl_status st = ensure_queue(loss);
+    if (st == EFL_OK)
+        st = efl_loss_apply_statistics(loss, loss->host_queue, stats);
+    return st == EFL_OK ? efl_loss_query_status(loss, loss->host_queue) : st;
 }

@@ -83,6 +83,9 @@ efl_status efl_check_queue(const efl_loss *loss, cl_command_queue queue);
     ((b)->layout = EFL_LAYOUT_ROWS, (b)->dtype = EFL_DTYPE_FLOAT32, (b)->reduction = EFL_REDUCTION_MEAN, \
      (b)->normalizer = 1.0f, (b)->grad_scale = 1.0f)
 
+/* step.c: whether an op takes the caller's gradient (no loss), and whether it writes one. */
+int efl_op_collects(efl_op op);
+int efl_op_writes_grad(efl_op op);
 /* step.c: the apply kernel in one of its modes (EFL_APPLY_* of kernels/efl_apply.cl, repeated
  * in step.c), without a loss output. */
 efl_status efl_enqueue_apply(efl_loss *loss, cl_command_queue queue, int mode, float stat_scale);

@@ -198,16 +198,15 @@ efl_status efl_batch_shape(const efl_loss *loss, const efl_batch *bt, size_t *el
 }
 
 /* Every buffer the batch needs, with its size. */
-/* Whether an op takes the caller's gradient (no loss), and whether it writes a gradient. */
-static int op_collects(efl_op op) { return op == EFL_OP_ACCUMULATE || op == EFL_OP_COLLECT; }
-static int op_writes_grad(efl_op op) { return op == EFL_OP_STEP || op == EFL_OP_COMPUTE; }
+int efl_op_collects(efl_op op) { return op == EFL_OP_ACCUMULATE || op == EFL_OP_COLLECT; }
+int efl_op_writes_grad(efl_op op) { return op == EFL_OP_STEP || op == EFL_OP_COMPUTE; }
 
 static efl_status check_batch_buffers(const efl_loss *loss, efl_op op, const efl_batch *bt, const level_geom *lv,
                                       cl_uint nlevels, size_t rows)
 {
     const size_t esize = efl_dtype_size(bt->dtype);
-    const int reduces = !op_collects(op) && bt->reduction != EFL_REDUCTION_NONE;
-    const int elementwise = !op_collects(op) && bt->reduction == EFL_REDUCTION_NONE;
+    const int reduces = !efl_op_collects(op) && bt->reduction != EFL_REDUCTION_NONE;
+    const int elementwise = !efl_op_collects(op) && bt->reduction == EFL_REDUCTION_NONE;
     efl_status st;
     if (reduces && (st = check_buffer(loss, bt->loss, sizeof(float))) != EFL_OK)
         return st;
@@ -222,7 +221,7 @@ static efl_status check_batch_buffers(const efl_loss *loss, efl_op op, const efl
         const size_t bytes = (size_t)lv[l].elems * esize;
         if ((st = check_buffer(loss, bt->input[l], bytes)) != EFL_OK)
             return st;
-        if (op_writes_grad(op) && (st = check_buffer(loss, bt->grad[l], bytes)) != EFL_OK)
+        if (efl_op_writes_grad(op) && (st = check_buffer(loss, bt->grad[l], bytes)) != EFL_OK)
             return st;
         if (elementwise && (st = check_buffer(loss, bt->loss_elems[l], bytes)) != EFL_OK)
             return st;
@@ -311,7 +310,7 @@ efl_status efl_enqueue_batch(efl_loss *loss, cl_command_queue queue, efl_op op, 
     clGetCommandQueueInfo(queue, CL_QUEUE_PROPERTIES, sizeof props, &props, NULL);
     chain ch = {queue, (props & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE) != 0, nwait, wait, NULL};
 
-    const int collect = op_collects(op);
+    const int collect = efl_op_collects(op);
     const int elementwise = !collect && bt->reduction == EFL_REDUCTION_NONE;
     const cl_mem norm = !collect && bt->reduction == EFL_REDUCTION_MEAN ? bt->normalizer_buffer : NULL;
     const cl_uint cc = loss->cfg.num_classes, cpad = loss->cpad, anchors = planar ? bt->anchors : 1;
@@ -320,7 +319,7 @@ efl_status efl_enqueue_batch(efl_loss *loss, cl_command_queue queue, efl_op op, 
     const float alpha_neg = has_alpha ? 1.0f - loss->cfg.alpha : 1.0f;
     const float grad_scale = collect ? 1.0f : scale, elem_scale = loss->cfg.loss_weight;
     const cl_int ignore = loss->cfg.ignore_index, conv = (cl_int)loss->cfg.labels;
-    const cl_int write_grad = op_writes_grad(op), write_loss = elementwise, use_norm = norm != NULL;
+    const cl_int write_grad = efl_op_writes_grad(op), write_loss = elementwise, use_norm = norm != NULL;
     cl_int err = CL_SUCCESS;
 
     /* head layouts: each level's labels into its own row order first */

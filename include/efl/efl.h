@@ -326,8 +326,10 @@ EFL_API efl_status efl_enqueue_batch(efl_loss *loss, cl_command_queue queue, efl
  *   2. efl_loss_read_statistics(): blocking; EFL_STATISTICS_LENGTH(C) doubles: P[0..C),
  *      N[0..C) and, last, 1 if this rank's device refused the step (invalid label, non-finite
  *      value, bad normalizer), else 0.
- *   3. Sum them element-wise over the ranks with any collective (MPI_Allreduce with MPI_SUM,
- *      or efl_mpi.h, which does 1-4 in one call).
+ *   3. Sum them element-wise over the ranks with any collective that gives every rank the same
+ *      bits: a reduce then a broadcast (efl_mpi.h, which does 1-4 in one call), or a ring
+ *      all-reduce that reduces each element once and copies it (gloo, NCCL). MPI_Allreduce does
+ *      not promise that.
  *   4. efl_loss_apply_statistics() with the sums: the state update and the next step's factors.
  *      If the last value is > 0 (a rank refused), every rank skips the update and counts it;
  *      efl_loss_query_status() then gives this rank's own reason, or EFL_ERROR_REFUSED_BY_PEER.
@@ -338,6 +340,11 @@ EFL_API efl_status efl_loss_read_statistics(efl_loss *loss, cl_command_queue que
 /* Values must be finite and >= 0 (EFL_ERROR_INVALID_STATE, nothing done). Enqueued on `queue`;
  * the host array may be reused on return. */
 EFL_API efl_status efl_loss_apply_statistics(efl_loss *loss, cl_command_queue queue, const double *stats);
+/* The same through the loss's own queue (for host-array users: efl_loss_run_host with
+ * EFL_OP_COMPUTE or EFL_OP_COLLECT first); the apply also waits and returns what
+ * efl_loss_query_status would. */
+EFL_API efl_status efl_loss_read_statistics_host(efl_loss *loss, double *stats);
+EFL_API efl_status efl_loss_apply_statistics_host(efl_loss *loss, const double *stats);
 
 /* Blocking: waits for `queue` to finish, then reports what the device found in the most recent
  * step, forward or accumulate of this loss: EFL_OK, EFL_ERROR_INVALID_LABEL,

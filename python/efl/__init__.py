@@ -541,15 +541,16 @@ class EqualizedFocalLoss:
         loss (None for "none" and accumulate), grads and elems lists of arrays (or None)."""
         red = self._reduction(reduction)
         norm = self._normalizer(normalizer, prep.rows)
-        want_grad = op == "step"
-        want_elems = op != "accumulate" and red == _lib.REDUCTIONS["none"]
+        collects = op in ("accumulate", "collect")
+        want_grad = op in ("step", "compute")
+        want_elems = not collects and red == _lib.REDUCTIONS["none"]
         grads = self._outputs(grad_out, prep, "grad_out") if want_grad else None
         elems = self._outputs(elems_out, prep, "elems_out") if want_elems else None
         out = np.zeros(1, dtype=np.float32)
         lib = _lib.load()
         code = _lib.DTYPES[prep.dtype]
         x, y = prep.arrays, prep.labels
-        if prep.layout == "rows" and not want_elems:
+        if prep.layout == "rows" and not want_elems and op in ("step", "forward", "accumulate"):
             # the long-standing calls (a library without efl_loss_run_host serves these)
             with self._lock:
                 h = self._live()
@@ -582,12 +583,12 @@ class EqualizedFocalLoss:
             hb.labels = y.ctypes.data
             hb.reduction = red
             hb.normalizer = norm
-            hb.loss = out.ctypes.data if op != "accumulate" else None
+            hb.loss = out.ctypes.data if not collects else None
             hb.grad_scale = float(grad_scale)
             with self._lock:
                 st = run(self._live(), _lib.OPS[op], ctypes.byref(hb))
         _check(st)
-        value = float(out[0]) if op != "accumulate" and not want_elems else None
+        value = float(out[0]) if not collects and not want_elems else None
         return value, grads, elems
 
     @staticmethod
@@ -641,6 +642,43 @@ class EqualizedFocalLoss:
         levels=: the gradient per FPN level, as the head's outputs (see step())."""
         prep = self._prepare(grad, labels, dtype, levels, anchors, channel_order, what="grad")
         self._run("accumulate", prep, grad_scale=grad_scale)
+
+    # -------------------------------------------------------- data parallel
+    def compute(self, logits=None, labels=None, normalizer=None, reduction="mean", dtype=None, *,
+                levels=None, anchors=None, channel_order="anchor"):
+        """Data parallel, step 1 (efl.h "data parallel"): as step(), returning (loss, grad), but
+        the state update waits for apply_statistics() with the sum over the ranks of what
+        read_statistics() returns. A refused batch raises as step() does; call
+        read_statistics() anyway (it flags the refusal) so that every rank skips the update."""
+        prep = self._prepare(logits, labels, dtype, levels, anchors, channel_order)
+        value, grads, elems = self._run("compute", prep, normalizer, reduction)
+        loss = value if elems is None else self._shape_result(prep, elems)
+        return loss, self._shape_result(prep, grads)
+
+    def collect(self, grad=None, labels=None, grad_scale=1.0, dtype=None, *,
+                levels=None, anchors=None, channel_order="anchor"):
+        """Data parallel: as accumulate(), with the update held back like compute()'s."""
+        prep = self._prepare(grad, labels, dtype, levels, anchors, channel_order, what="grad")
+        self._run("collect", prep, grad_scale=grad_scale)
+
+    def read_statistics(self):
+        """This step's statistics as float64 [2C + 1]: P, N, then 1.0 if this rank's batch was
+        refused. Sum them over the ranks (e.g. torch.distributed.all_reduce) and pass the sum to
+        apply_statistics()."""
+        stats = np.zeros(2 * self.num_classes + 1, dtype=np.float64)
+        with self._lock:
+            _check(_fn("efl_loss_read_statistics_host")(self._live(), _ptr(stats, _F64P)))
+        return stats
+
+    def apply_statistics(self, stats):
+        """The state update from the ranks' summed statistics. Every rank applies the same sums,
+        so every rank's state stays bitwise the same. If any rank was refused, the update is
+        skipped and counted, and this raises (ERROR_REFUSED_BY_PEER on the other ranks)."""
+        arr = np.ascontiguousarray(np.asarray(stats, dtype=np.float64))
+        if arr.shape != (2 * self.num_classes + 1,):
+            raise ValueError(f"stats must have {2 * self.num_classes + 1} values, not shape {arr.shape}")
+        with self._lock:
+            _check(_fn("efl_loss_apply_statistics_host")(self._live(), _ptr(arr, _F64P)))
 
     @property
     def skipped_steps(self):

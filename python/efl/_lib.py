@@ -58,6 +58,7 @@ class Status:
     ERROR_CHECKPOINT_CORRUPT = 28
     ERROR_CHECKPOINT_VERSION = 29
     ERROR_CHECKPOINT_MISMATCH = 30
+    ERROR_REFUSED_BY_PEER = 31
 
 
 # efl_reduction, efl_label_convention, efl_accumulate, efl_dtype, efl_mode, efl_layout, efl_op
@@ -67,7 +68,7 @@ ACCUMULATE = {"auto": 0, "float_pairs": 1}
 DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
 MODES = {"efl": 0, "focal": 1, "eqlv2": 2}
 LAYOUTS = {"rows": 0, "anchor": 1, "class": 2}  # EFL_LAYOUT_ROWS, _ANCHOR_MAJOR, _CLASS_MAJOR
-OPS = {"step": 0, "forward": 1, "accumulate": 2}
+OPS = {"step": 0, "forward": 1, "accumulate": 2, "compute": 3, "collect": 4}
 MAX_LEVELS = 8  # EFL_MAX_LEVELS
 
 
@@ -163,6 +164,8 @@ _PROTOTYPES = {
     "efl_loss_run_host": (_status, [_handle, ctypes.c_int, ctypes.POINTER(HostBatch)]),
     "efl_loss_save_checkpoint_host": (_status, [_handle, ctypes.c_char_p]),
     "efl_loss_load_checkpoint_host": (_status, [_handle, ctypes.c_char_p]),
+    "efl_loss_read_statistics_host": (_status, [_handle, _c_double_p]),
+    "efl_loss_apply_statistics_host": (_status, [_handle, _c_double_p]),
 }
 
 # Declared when present: a library older than the header lacks them, and the calls that need
@@ -173,6 +176,8 @@ _OPTIONAL = {
     "efl_loss_run_host",
     "efl_loss_save_checkpoint_host",
     "efl_loss_load_checkpoint_host",
+    "efl_loss_read_statistics_host",
+    "efl_loss_apply_statistics_host",
 }
 
 
