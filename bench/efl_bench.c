@@ -477,10 +477,23 @@ static int run_device(cl_context cl, cl_device_id dev, const options *opt, devic
     for (size_t i = 0; i < ncase; ++i) {
         const size_t fit = pair_limit / (2 * sizeof(float) * cases[i].c);
         n_of[i] = min_size(cases[i].n, fit);
+        if (cases[i].layout != EFL_LAYOUT_ROWS)
+            continue; /* the head layouts have buffers of their own (below) */
         if (n_of[i] * cases[i].c > max_elems)
             max_elems = n_of[i] * cases[i].c;
         if (n_of[i] > max_n)
             max_n = n_of[i];
+    }
+    /* A head layout's shape is fixed: it runs whole, in level buffers next to the rows layout's
+     * (each level within max alloc, all of them within what global memory leaves), or not at all. */
+    for (size_t i = 0; i < ncase; ++i) {
+        if (cases[i].layout == EFL_LAYOUT_ROWS)
+            continue;
+        const double level0 = (double)LVIS_HEAD_B * LVIS_HEAD_A * cases[i].c * lvis_head_h[0] * lvis_head_w[0] * 4.0;
+        const double need = 2.0 * (double)cases[i].n * cases[i].c * 4.0 + 2.0 * (double)max_elems * 4.0;
+        n_of[i] = level0 <= (double)out->max_alloc && need <= 0.9 * (double)out->global_mem ? cases[i].n : 0;
+        if (cases[i].n > max_n)
+            max_n = cases[i].n; /* the labels buffer serves it too */
     }
 
     buffers b;
@@ -589,8 +602,10 @@ static int run_device(cl_context cl, cl_device_id dev, const options *opt, devic
         for (size_t r = 0; r < out->nrows; ++r)
             dup |= out->rows[r].n == n && out->rows[r].c == C &&
                    strcmp(out->rows[r].dtype, dtype_names[cases[i].dtype]) == 0 && cases[i].layout == EFL_LAYOUT_ROWS;
-        /* a head layout's shape is fixed: run whole or not at all */
-        dup |= cases[i].layout != EFL_LAYOUT_ROWS && n < cases[i].n;
+        if (cases[i].layout != EFL_LAYOUT_ROWS && n == 0) {
+            printf("   %-7s %-12s (its level buffers do not fit in this device's memory: skipped)\n", "", cases[i].name);
+            continue;
+        }
         if (dup || n == 0) {
             printf("   %-7s %-12s (N=%zu clipped to %zu by memory: same shape as above, skipped)\n", "", cases[i].name,
                    cases[i].n, n);
