@@ -297,8 +297,8 @@ typedef struct {
     uint32_t anchors;     /* A (head layouts) */
     uint32_t levels;      /* 1..EFL_MAX_LEVELS (head layouts) */
     uint32_t height[EFL_MAX_LEVELS], width[EFL_MAX_LEVELS];
-    cl_mem input[EFL_MAX_LEVELS];      /* logits; for EFL_OP_ACCUMULATE the caller's gradient */
-    cl_mem grad[EFL_MAX_LEVELS];       /* EFL_OP_STEP: d loss / d logits, same shapes */
+    cl_mem input[EFL_MAX_LEVELS];      /* logits; for EFL_OP_ACCUMULATE, _COLLECT the caller's gradient */
+    cl_mem grad[EFL_MAX_LEVELS];       /* EFL_OP_STEP, _COMPUTE: d loss / d logits, same shapes */
     cl_mem loss_elems[EFL_MAX_LEVELS]; /* EFL_REDUCTION_NONE: the per-element loss, same shapes */
     cl_mem labels;                     /* int32, one per row, in row order */
     efl_reduction reduction;
