@@ -19,6 +19,14 @@ cmake -S "$src/tests/consumer" -B "$work/cmake-build" -DCMAKE_PREFIX_PATH="$pref
 cmake --build "$work/cmake-build"
 "$work/cmake-build/consumer"
 "$work/cmake-build/consumer_static"
+# efl::efl_mpi: built where both efl and this machine have MPI; 2 ranks, as root too (CI)
+if [ -x "$work/cmake-build/consumer_mpi" ]; then
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+    mpiexec --oversubscribe -n 2 "$work/cmake-build/consumer_mpi"
+elif [ -n "$(find "$prefix" -name 'libefl_mpi.so*' | head -n1)" ]; then
+  echo "efl_mpi is installed but the consumer could not use efl::efl_mpi" >&2
+  exit 1
+fi
 
 # pkg-config: the .pc file alone gives the compile and link flags.
 pcdir=$(dirname "$(find "$prefix" -name efl.pc -path '*/pkgconfig/*' | head -n1)")
