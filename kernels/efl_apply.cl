@@ -12,13 +12,8 @@
  * norm: the normalizer on the device (use_norm): loss_scale / norm[0] scales the loss, and a
  *   value that is not finite and > 0 refuses the step.
  * Focal mode keeps no state (its table never changes); EQLv2's g is unclamped and its table holds
- * (pos_w, neg_w).
+ * (pos_w, neg_w). The modes (EFL_APPLY_*) and flags are efl_protocol.h's, shared with the host.
  */
-#define EFL_APPLY_FORWARD 0    /* loss only */
-#define EFL_APPLY_STEP 1       /* loss, then state and table */
-#define EFL_APPLY_REFRESH 2    /* table from the state (after a write or reset) */
-#define EFL_APPLY_ACCUMULATE 3 /* state and table from a caller's gradient, times stat_scale */
-
 __kernel __attribute__((reqd_work_group_size(EFL_APPLY_WG, 1, 1)))
 void efl_apply(__global const acc_t *restrict step_stats, __global const uint *restrict step_flags, uint cpad,
                __global acc_t *restrict state, __global float *restrict table, __global float *restrict loss_out,

@@ -1,6 +1,6 @@
 /*
- * Shared by every efl kernel; the library compiles it after efl_labels.h and in front of each
- * .cl file, with these -D defines (lib/device.c):
+ * Shared by every efl kernel; the library compiles it after efl_labels.h and efl_protocol.h, in
+ * front of each .cl file, with these -D defines (lib/device.c):
  *   EFL_WGX        columns per work-group of the step and reduce kernels
  *   EFL_APPLY_WG   work-group size of the apply kernel (a power of two)
  *   EFL_FP64       1: accumulate in double (cl_khr_fp64); 0: compensated float pairs
@@ -37,11 +37,7 @@
 #endif
 
 /* ------------------------------------------------------------ label decoding */
-/* Flags the device raises; the apply kernel refuses a step that has any. */
-#define EFL_FLAG_INVALID_LABEL 1u
-#define EFL_FLAG_NONFINITE 2u /* Inf or NaN in a valid row's logits or supplied gradient */
-#define EFL_FLAG_BAD_NORMALIZER 4u /* a normalizer read on the device that is not finite and > 0 */
-#define EFL_FLAG_PEER 8u           /* data parallel: another rank refused the step */
+/* (EFL_FLAG_*: efl_protocol.h, compiled before this file) */
 
 /* The row's class column (-1 for background and ignored rows) by efl_decode_label
  * (efl_labels.h, compiled before this file); *valid is 1.0f for rows that take part in the

@@ -4,10 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "efl_protocol.h"
 #include "internal.h"
-
-#define EFL_APPLY_ACCUMULATE 3 /* kernels/efl_apply.cl */
-#define EFL_FLAG_PEER 8u       /* kernels/efl_common.h */
 
 /* The common checks: a loss that keeps statistics, a queue of its own. */
 static efl_status check_call(efl_loss *loss, cl_command_queue queue, const void *stats)

@@ -8,20 +8,22 @@
 #include "internal.h"
 
 /* kernels_embedded.c, generated at build time from kernels/ */
-extern const char efl_src_labels[], efl_src_common[], efl_src_step[], efl_src_step_head[], efl_src_reduce[],
-    efl_src_apply[];
-extern const size_t efl_src_labels_len, efl_src_common_len, efl_src_step_len, efl_src_step_head_len,
-    efl_src_reduce_len, efl_src_apply_len;
+extern const char efl_src_labels[], efl_src_protocol[], efl_src_common[], efl_src_step[], efl_src_step_head[],
+    efl_src_reduce[], efl_src_apply[];
+extern const size_t efl_src_labels_len, efl_src_protocol_len, efl_src_common_len, efl_src_step_len,
+    efl_src_step_head_len, efl_src_reduce_len, efl_src_apply_len;
 
-/* One program holds the kernels, behind the label rule and the common header: one compile per
- * (context, device, options). Of the two step kernels, EFL_PLANAR compiles one. */
-#define EFL_NUM_SOURCES 6
+/* One program holds the kernels, behind the label rule, the host/kernel protocol and the common
+ * header: one compile per (context, device, options). Of the two step kernels, EFL_PLANAR
+ * compiles one. */
+#define EFL_NUM_SOURCES 7
 static void sources(const char **parts, size_t *lens)
 {
-    const char *p[EFL_NUM_SOURCES] = {efl_src_labels,    efl_src_common, efl_src_step,
+    const char *p[EFL_NUM_SOURCES] = {efl_src_labels, efl_src_protocol,  efl_src_common, efl_src_step,
                                       efl_src_step_head, efl_src_reduce, efl_src_apply};
-    const size_t l[EFL_NUM_SOURCES] = {efl_src_labels_len,    efl_src_common_len, efl_src_step_len,
-                                       efl_src_step_head_len, efl_src_reduce_len, efl_src_apply_len};
+    const size_t l[EFL_NUM_SOURCES] = {efl_src_labels_len,    efl_src_protocol_len, efl_src_common_len,
+                                       efl_src_step_len,      efl_src_step_head_len, efl_src_reduce_len,
+                                       efl_src_apply_len};
     memcpy(parts, p, sizeof p);
     memcpy(lens, l, sizeof l);
 }

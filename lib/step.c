@@ -3,12 +3,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "efl_protocol.h"
 #include "internal.h"
-
-#define EFL_APPLY_FORWARD 0 /* kernels/efl_apply.cl */
-#define EFL_APPLY_STEP 1
-#define EFL_APPLY_REFRESH 2
-#define EFL_APPLY_ACCUMULATE 3
 
 efl_status efl_check_queue(const efl_loss *loss, cl_command_queue queue)
 {
@@ -512,13 +508,13 @@ efl_status efl_loss_query_status(efl_loss *loss, cl_command_queue queue)
     cl_int err = clEnqueueReadBuffer(queue, loss->info, CL_TRUE, 0, sizeof flags, &flags, 0, NULL, NULL);
     if (err != CL_SUCCESS)
         return efl_cl_fail(loss->ctx, err);
-    /* kernels/efl_common.h EFL_FLAG_*: an invalid label (efl_step), a bad normalizer read on
-     * the device, a non-finite value (efl_apply) */
-    return (flags & 1u)   ? EFL_ERROR_INVALID_LABEL
-           : (flags & 4u) ? EFL_ERROR_INVALID_NORMALIZER
-           : (flags & 2u) ? EFL_ERROR_NONFINITE
-           : (flags & 8u) ? EFL_ERROR_REFUSED_BY_PEER
-                          : EFL_OK;
+    /* an invalid label (efl_step), a bad normalizer read on the device, a non-finite value
+     * (efl_apply), a refusal of another rank (data parallel) */
+    return (flags & EFL_FLAG_INVALID_LABEL)    ? EFL_ERROR_INVALID_LABEL
+           : (flags & EFL_FLAG_BAD_NORMALIZER) ? EFL_ERROR_INVALID_NORMALIZER
+           : (flags & EFL_FLAG_NONFINITE)      ? EFL_ERROR_NONFINITE
+           : (flags & EFL_FLAG_PEER)           ? EFL_ERROR_REFUSED_BY_PEER
+                                               : EFL_OK;
 }
 
 efl_status efl_loss_skipped_steps(efl_loss *loss, cl_command_queue queue, uint32_t *count)
