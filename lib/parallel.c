@@ -70,15 +70,14 @@ efl_status efl_loss_apply_statistics(efl_loss *loss, cl_command_queue queue, con
         for (size_t j = 0; j < C; ++j)
             efl_acc_encode(loss, buf, k * cpad + j, stats[k * C + j], 0.0f);
     const cl_uint flags = stats[2 * C] > 0.0 ? (loss->stat_flags ? loss->stat_flags : EFL_FLAG_PEER) : 0u;
-    cl_int err = clEnqueueWriteBuffer(queue, loss->step_stats, CL_FALSE, 0, 3 * cpad * loss->acc_bytes, buf, 0,
+    /* blocking writes: the host memory is done with on return, and the apply kernel behind them
+     * need not be waited for */
+    cl_int err = clEnqueueWriteBuffer(queue, loss->step_stats, CL_TRUE, 0, 3 * cpad * loss->acc_bytes, buf, 0,
                                       NULL, NULL);
     if (err == CL_SUCCESS)
-        err = clEnqueueWriteBuffer(queue, loss->step_flags, CL_FALSE, 0, sizeof flags, &flags, 0, NULL, NULL);
+        err = clEnqueueWriteBuffer(queue, loss->step_flags, CL_TRUE, 0, sizeof flags, &flags, 0, NULL, NULL);
     if (err == CL_SUCCESS)
         st = efl_enqueue_apply(loss, queue, EFL_APPLY_ACCUMULATE, 1.0f);
-    /* the writes read host memory until they run: wait for them before it goes */
-    if (err == CL_SUCCESS)
-        err = clFinish(queue);
     free(buf);
     if (err != CL_SUCCESS)
         return efl_cl_fail(loss->ctx, err);
