@@ -10,6 +10,8 @@
 
 #include <efl/efl.h>
 
+#include "bench_data.h" /* random data */
+
 static inline double bench_now(void)
 {
     struct timespec ts;
@@ -32,19 +34,6 @@ static inline double bench_median(double *v, size_t n)
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/* xorshift64*: fast, and plenty random for benchmark data. */
-static inline uint64_t bench_rand_u64(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
-
-/* uniform in [0, 1) */
-static inline double bench_rand_unit(uint64_t *s) { return (double)(bench_rand_u64(s) >> 11) * 0x1.0p-53; }
 
 /* Seconds between two profiling points of events (END of each unless start_of_a), or 0 when the
  * device reports no time (rusticl returns zero timestamps). */

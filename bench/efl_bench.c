@@ -183,38 +183,15 @@ static cl_int fill_logits_as(cl_command_queue q, cl_mem buf, size_t count, int d
     return err;
 }
 
-/* Labels in the reference convention: ~92% background (0), else class k in 1..C with Zipf
- * frequencies (p_k ~ 1/k), as in a long-tailed detection batch. */
+/* The labels of bench_zipf_labels (bench_data.h), seeded by the shape. */
 static cl_int write_labels(cl_command_queue q, cl_mem buf, size_t n, uint32_t C)
 {
     int32_t *lab = malloc((n ? n : 1) * sizeof *lab);
-    double *cdf = malloc(C * sizeof *cdf);
+    uint64_t s = 0xB7E151628AED2A6BULL ^ ((uint64_t)C << 32) ^ n;
     cl_int err = CL_OUT_OF_HOST_MEMORY;
-    if (lab && cdf) {
-        double acc = 0.0;
-        for (uint32_t k = 0; k < C; ++k)
-            cdf[k] = acc += 1.0 / (k + 1.0);
-        uint64_t s = 0xB7E151628AED2A6BULL ^ ((uint64_t)C << 32) ^ n;
-        for (size_t i = 0; i < n; ++i) {
-            if (bench_rand_unit(&s) < 0.92) {
-                lab[i] = 0;
-                continue;
-            }
-            const double u = bench_rand_unit(&s) * acc;
-            uint32_t lo = 0, hi = C - 1; /* first k with cdf[k] > u */
-            while (lo < hi) {
-                uint32_t mid = lo + (hi - lo) / 2;
-                if (cdf[mid] > u)
-                    hi = mid;
-                else
-                    lo = mid + 1;
-            }
-            lab[i] = (int32_t)lo + 1;
-        }
+    if (lab && bench_zipf_labels(&s, lab, n, C))
         err = n ? clEnqueueWriteBuffer(q, buf, CL_TRUE, 0, n * sizeof *lab, lab, 0, NULL, NULL) : CL_SUCCESS;
-    }
     free(lab);
-    free(cdf);
     return err;
 }
 

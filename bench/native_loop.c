@@ -20,23 +20,14 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_data.h"
+
 static double now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
-
-static uint64_t rnd(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
-static double unit(uint64_t *s) { return (double)(rnd(s) >> 11) * 0x1.0p-53; }
 
 static int cmp(const void *a, const void *b)
 {
@@ -114,8 +105,8 @@ int main(int argc, char **argv)
     int32_t *labels = malloc(n * sizeof *labels);
     float *gamma = malloc(C * sizeof *gamma), *w = malloc(C * sizeof *w);
     float *sums = malloc((size_t)nthreads * 2 * C * sizeof *sums);
-    double *pos = calloc(C, sizeof *pos), *neg = calloc(C, sizeof *neg), *cdf = malloc(C * sizeof *cdf);
-    if (!x || !grad || !labels || !gamma || !w || !sums || !pos || !neg || !cdf) {
+    double *pos = calloc(C, sizeof *pos), *neg = calloc(C, sizeof *neg);
+    if (!x || !grad || !labels || !gamma || !w || !sums || !pos || !neg) {
         fprintf(stderr, "efl-native-loop: out of memory\n");
         return 1;
     }
@@ -126,7 +117,7 @@ int main(int argc, char **argv)
 #pragma omp for schedule(static)
         for (size_t i = 0; i < n; ++i)
             for (size_t j = 0; j < C; j += 2) {
-                const double u1 = 1.0 - unit(&s), u2 = unit(&s);
+                const double u1 = 1.0 - bench_rand_unit(&s), u2 = bench_rand_unit(&s);
                 const double r = sqrt(-2.0 * log(u1)), a = 6.283185307179586 * u2;
                 x[i * C + j] = (float)(-4.0 + 2.5 * r * cos(a));
                 if (j + 1 < C)
@@ -137,27 +128,12 @@ int main(int argc, char **argv)
             }
     }
     uint64_t s = 0xB7E151628AED2A6BULL;
-    double acc = 0.0;
-    for (size_t k = 0; k < C; ++k)
-        cdf[k] = acc += 1.0 / (k + 1.0);
-    for (size_t i = 0; i < n; ++i) {
-        if (unit(&s) < 0.92) {
-            labels[i] = 0;
-            continue;
-        }
-        const double u = unit(&s) * acc;
-        size_t lo = 0, hi = C - 1;
-        while (lo < hi) {
-            size_t mid = lo + (hi - lo) / 2;
-            if (cdf[mid] > u)
-                hi = mid;
-            else
-                lo = mid + 1;
-        }
-        labels[i] = (int32_t)lo + 1;
+    if (!bench_zipf_labels(&s, labels, n, C)) {
+        fprintf(stderr, "efl-native-loop: out of memory\n");
+        return 1;
     }
     for (size_t j = 0; j < C; ++j) { /* a mid-training state: gamma_j in [2, 10], w_j = gamma_j / 2 */
-        gamma[j] = 2.0f + 8.0f * (float)unit(&s);
+        gamma[j] = 2.0f + 8.0f * (float)bench_rand_unit(&s);
         w[j] = gamma[j] / 2.0f;
     }
 
@@ -188,6 +164,5 @@ int main(int argc, char **argv)
     free(sums);
     free(pos);
     free(neg);
-    free(cdf);
     return 0;
 }
