@@ -60,7 +60,6 @@ void efl_apply(__global const acc_t *restrict step_stats, __global const uint *r
     if (mode == EFL_APPLY_FORWARD || flags != 0u)
         return; /* uniform across the work-group: no barrier follows */
 #if EFL_MODE != EFL_MODE_FOCAL /* focal loss keeps no state */
-
     for (uint j = lid; j < C; j += EFL_APPLY_WG) {
         acc_t g = state[2u * C + j];
         if (mode != EFL_APPLY_REFRESH) {
