@@ -80,10 +80,11 @@ static void run_width(int vw, int fma)
     snprintf(name, sizeof name, "approximation bounds, EFL_VW=%d, EFL_FMA=%d", vw, fma);
     tu_begin(name);
     char *labels = read_file(EFL_SOURCE_DIR "/kernels/efl_labels.h");
+    char *protocol = read_file(EFL_SOURCE_DIR "/kernels/efl_protocol.h");
     char *common = read_file(EFL_SOURCE_DIR "/kernels/efl_common.h");
-    const char *srcs[3] = {labels, common, probe_src}; /* the library's order */
+    const char *srcs[4] = {labels, protocol, common, probe_src}; /* the library's order */
     cl_int err = CL_SUCCESS;
-    cl_program prog = clCreateProgramWithSource(E.cl, 3, srcs, NULL, &err);
+    cl_program prog = clCreateProgramWithSource(E.cl, 4, srcs, NULL, &err);
     REQUIRE_CL(err);
     char opts[256];
     snprintf(opts, sizeof opts, "-cl-std=CL1.2 -DEFL_VW=%d -DEFL_FMA=%d -DEFL_FP64=0 -DEFL_WGX=1 -DEFL_APPLY_WG=1", vw,
@@ -173,7 +174,7 @@ static void run_width(int vw, int fma)
     cl_mem bufs[6] = {ba, bb, bx, bgm, bp, bo};
     for (int i = 0; i < 6; ++i)
         tu_release(bufs[i]);
-    free(a), free(b), free(x), free(gam), free(out), free(pos), free(common), free(labels);
+    free(a), free(b), free(x), free(gam), free(out), free(pos), free(common), free(labels), free(protocol);
     clReleaseKernel(k);
     clReleaseProgram(prog);
     tu_end();
