@@ -2,9 +2,11 @@
  * Last stage of a step (compiled after efl_common.h), one work-group: the loss total over columns
  * (fixed tree order), then, unless the step is refused, the state update of SPEC "Gradient
  * accumulation" and the next step's per-class (gamma_j, w_j) table. A step is refused for an
- * invalid label (flagged by efl_step) or a non-finite value in a valid row (the loss total is
- * then NaN): loss_out and the state stay as they were, and a refused update is counted in
- * info[1].
+ * invalid label (flagged by efl_step), a non-finite value in a valid row, or a result beyond its
+ * type (a stored gradient or element loss, flagged by efl_step; the loss total; the statistics;
+ * the new totals or g): loss_out and the state stay as they were, and a refused update is
+ * counted in info[1]. So the update is computed twice: once to check every column, once to
+ * write, after the work-group has agreed; nothing is half-written.
  *
  * Launch: global (EFL_APPLY_WG), local (EFL_APPLY_WG).
  * state: [3][C] acc_t: pos_grad, neg_grad, g (pos_neg). table: [3][cpad] float: gamma_j (hi, lo), w_j; the padding keeps its initial values.
@@ -14,6 +16,42 @@
  * Focal mode keeps no state (its table never changes); EQLv2's g is unclamped and its table holds
  * (pos_w, neg_w). The modes (EFL_APPLY_*) and flags are efl_protocol.h's, shared with the host.
  */
+#if EFL_MODE != EFL_MODE_FOCAL
+/* Column j's state after the update (SPEC "Gradient accumulation"), not yet written. No restrict
+ * on a helper's pointers: inlined, they become noalias scope intrinsics that Oclgrind 21.10
+ * cannot run. */
+static inline void efl_updated(__global const acc_t *state, __global const acc_t *step_stats, uint C, uint cpad,
+                               uint j, float stat_scale, acc_t *pos, acc_t *neg, acc_t *g)
+{
+    *pos = acc_add(state[j], acc_scale(step_stats[j], stat_scale));
+    *neg = acc_add(state[C + j], acc_scale(step_stats[cpad + j], stat_scale));
+    *g = acc_div(*pos, acc_add(*neg, acc_eps()));
+#if EFL_MODE != EFL_MODE_EQLV2
+    *g = acc_clamp01(*g);
+#endif
+}
+#endif
+
+/* EFL_FLAG_OVERFLOW if column j's statistics (EFL_APPLY_HOLD) or its updated state (an update)
+ * do not fit the accumulators; 0 in focal mode, which keeps neither. */
+static inline uint efl_column_overflow(__global const acc_t *state, __global const acc_t *step_stats, uint C,
+                                       uint cpad, uint j, float stat_scale, int mode)
+{
+#if EFL_MODE != EFL_MODE_FOCAL
+    if (mode == EFL_APPLY_HOLD)
+        return acc_isfinite(acc_scale(step_stats[j], stat_scale)) &&
+                       acc_isfinite(acc_scale(step_stats[cpad + j], stat_scale))
+                   ? 0u
+                   : EFL_FLAG_OVERFLOW;
+    if (mode == EFL_APPLY_STEP || mode == EFL_APPLY_ACCUMULATE) {
+        acc_t pos, neg, g;
+        efl_updated(state, step_stats, C, cpad, j, stat_scale, &pos, &neg, &g);
+        return acc_isfinite(pos) && acc_isfinite(neg) && acc_isfinite(g) ? 0u : EFL_FLAG_OVERFLOW;
+    }
+#endif
+    return 0u;
+}
+
 __kernel __attribute__((reqd_work_group_size(EFL_APPLY_WG, 1, 1)))
 void efl_apply(__global const acc_t *restrict step_stats, __global const uint *restrict step_flags, uint cpad,
                __global acc_t *restrict state, __global float *restrict table, __global float *restrict loss_out,
@@ -22,11 +60,13 @@ void efl_apply(__global const acc_t *restrict step_stats, __global const uint *r
                float alpha)
 {
     __local acc_t part[EFL_APPLY_WG];
+    __local uint seen[EFL_APPLY_WG];
     const uint lid = get_local_id(0);
     uint flags = 0u;
     /* read before the tree's barriers and written as a value, not incremented: PoCL 3.1 ran the
      * lid == 0 block below on every work-item in focal mode (the count rose by the group size) */
     const uint refused = info[1];
+    const int updates = mode == EFL_APPLY_STEP || mode == EFL_APPLY_ACCUMULATE;
 
     if (mode != EFL_APPLY_REFRESH) {
         flags = step_flags[0];
@@ -37,40 +77,46 @@ void efl_apply(__global const acc_t *restrict step_stats, __global const uint *r
             flags |= (nv > 0.0f && isfinite(nv) && isfinite(scale)) ? 0u : EFL_FLAG_BAD_NORMALIZER;
         }
         acc_t l = acc_zero();
-        for (uint j = lid; j < C; j += EFL_APPLY_WG)
+        uint col = 0u;
+        for (uint j = lid; j < C; j += EFL_APPLY_WG) {
             l = acc_add(l, step_stats[2u * cpad + j]);
+            col |= step_flags[1u + j] | efl_column_overflow(state, step_stats, C, cpad, j, stat_scale, mode);
+        }
         part[lid] = l;
+        seen[lid] = col;
         /* the global fence orders every work-item's read of info[1] before work-item 0 writes it */
         barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
         for (uint w = EFL_APPLY_WG / 2; w > 0; w >>= 1) {
-            if (lid < w)
+            if (lid < w) {
                 part[lid] = acc_add(part[lid], part[lid + w]);
+                seen[lid] |= seen[lid + w];
+            }
             barrier(CLK_LOCAL_MEM_FENCE);
         }
-        /* every work-item reads the total after the tree's last barrier: a uniform decision */
-        flags |= acc_isfinite(part[0]) ? 0u : EFL_FLAG_NONFINITE;
+        /* every work-item reads the verdict after the tree's last barrier: a uniform decision.
+         * A reduced loss must be finite as stored, and the elements' sum must fit a float before
+         * the scale (the step kernels' partial sums are floats); "none" stores no total. */
+        const float total = acc_to_float(part[0]) * scale;
+        flags |= seen[0];
+        flags |= !write_loss || (acc_isfinite(part[0]) && isfinite(total)) ? 0u : EFL_FLAG_OVERFLOW;
         if (lid == 0u) {
             if (flags == 0u && mode != EFL_APPLY_ACCUMULATE && write_loss)
-                loss_out[0] = acc_to_float(part[0]) * scale;
+                loss_out[0] = total;
             info[0] = flags;
-            if (flags != 0u && mode != EFL_APPLY_FORWARD)
+            if (flags != 0u && updates)
                 info[1] = refused + 1u;
         }
     }
-    if (mode == EFL_APPLY_FORWARD || flags != 0u)
+    if (mode == EFL_APPLY_FORWARD || mode == EFL_APPLY_HOLD || flags != 0u)
         return; /* uniform across the work-group: no barrier follows */
 #if EFL_MODE != EFL_MODE_FOCAL /* focal loss keeps no state */
     for (uint j = lid; j < C; j += EFL_APPLY_WG) {
         acc_t g = state[2u * C + j];
-        if (mode != EFL_APPLY_REFRESH) {
-            const acc_t pos = acc_add(state[j], acc_scale(step_stats[j], stat_scale));
-            const acc_t neg = acc_add(state[C + j], acc_scale(step_stats[cpad + j], stat_scale));
+        if (updates) {
+            acc_t pos, neg;
+            efl_updated(state, step_stats, C, cpad, j, stat_scale, &pos, &neg, &g);
             state[j] = pos;
             state[C + j] = neg;
-            g = acc_div(pos, acc_add(neg, acc_eps()));
-#if EFL_MODE != EFL_MODE_EQLV2
-            g = acc_clamp01(g);
-#endif
             state[2u * C + j] = g;
         }
 #if EFL_MODE == EFL_MODE_EQLV2

@@ -168,6 +168,34 @@ typedef ushort efl_store_t;
 #define efl_any(m) any(m)
 #endif
 
+/* ------------------------------------------------------- refusal per column */
+/* The bits of the first magnitude that the storage type rounds to infinity: float32's infinity
+ * itself, IEEE half's 65520 (vstore_half_rte keeps 65504 below it), bfloat16's 0x7F7F8000 (the
+ * rounding of efl_bf16_*: ties to even carry 0x7F7F up to 0x7F80). A stored gradient or element
+ * loss at or beyond it, or NaN, would break the promise that an accepted step's outputs are
+ * finite. */
+#if EFL_DTYPE == 0
+#define EFL_STORE_LIMIT_BITS 0x7F800000
+#elif EFL_DTYPE == 1
+#define EFL_STORE_LIMIT_BITS 0x477FF000 /* 65520.0f */
+#else
+#define EFL_STORE_LIMIT_BITS 0x7F7F8000
+#endif
+/* |v| as the bits of a float, which order like the magnitudes (NaN above infinity's 0x7F800000):
+ * the kernels keep the largest per lane with an integer max, two instructions an element */
+#define efl_magnitude_bits(v) (efl_as_intV(v) & 0x7FFFFFFF)
+
+/* What a column of a row block saw, for the partials' fourth row (EFL_PARTIAL_ROWS), from the
+ * largest magnitude bits of its valid inputs and of what it stored: an input that is not finite
+ * (the step is refused as EFL_ERROR_NONFINITE) or an output beyond its storage
+ * (EFL_ERROR_OVERFLOW). efl_reduce ORs them over blocks, efl_apply over columns: a per-work-item
+ * verdict needs no atomics and no extra pass. */
+static inline uint efl_column_flags(intV largest_input, intV largest_stored)
+{
+    return (efl_any(largest_input >= 0x7F800000) ? EFL_FLAG_NONFINITE : 0u) |
+           (efl_any(largest_stored >= EFL_STORE_LIMIT_BITS) ? EFL_FLAG_OVERFLOW : 0u);
+}
+
 /* log(1 + e) for e in [0, 1], from s = e / (2 + e) in [0, 1/3], without log (scalar and slow on
  * some CPU runtimes) and without the cancellation of forming 1 + e:
  *   log(1 + e) = 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...).
@@ -222,7 +250,10 @@ static inline floatV efl_exp_neg_product(floatV g_hi, floatV g_lo, floatV a, flo
     const floatV hi = g_hi * a;
 #if EFL_FMA
     const floatV lo = fma(g_hi, a, -hi) + (g_lo * a + g_hi * a_lo);
-    return efl_exp_nonpos(-hi) * (1.0f - lo);
+    /* a logit near FLT_MAX makes hi infinite and lo -Inf or NaN (never +Inf), and 0 * Inf is
+     * NaN. The floor keeps the product finite; it never touches a correction that matters:
+     * where exp(-hi) is not 0 (hi <= 37), |lo| is below 1e-5. */
+    return efl_exp_nonpos(-hi) * (1.0f - fmax(lo, -1.0f));
 #else
     return efl_exp_nonpos(-hi);
 #endif
@@ -346,6 +377,8 @@ static inline acc_t acc_eps(void) { return (float2)(1.000000013e-10f, -1.3351432
 static inline acc_t acc_div(acc_t a, acc_t b)
 {
     const float q1 = a.x / b.x;
+    if (!isfinite(q1))
+        return (float2)(q1, 0.0f); /* beyond float: EFL's clamp takes it to 1, EQLv2 refuses */
     const float p = q1 * b.x;
     const float pe = fma(q1, b.x, -p);
     const float r = (((a.x - p) - pe) + a.y) - q1 * b.y;
@@ -366,7 +399,9 @@ static inline acc_t acc_scale(acc_t a, float f)
     const float hi = a.x * f;
     return efl_fast_two_sum(hi, fma(a.x, f, -hi) + a.y * f);
 }
-static inline int acc_isfinite(acc_t a) { return isfinite(a.x + a.y); }
+/* finite, with hi below FLT_MAX: then hi + lo is below FLT_MAX as a double too, which is what
+ * the host accepts back (efl_loss_write_state, checkpoints) */
+static inline int acc_isfinite(acc_t a) { return fabs(a.x) < FLT_MAX && isfinite(a.y); }
 typedef float accs_t;
 static inline accs_t acc_value(acc_t a) { return a.x + a.y; }
 

@@ -21,8 +21,9 @@
  *
  * table: [3][cpad] gamma_j hi, gamma_j lo, w_j (EQLv2: pos_w, neg_w, unused), padded so vector
  *   loads never leave it.
- * partials: [block0 + nblocks][3][cpad] floats: sum |grad| over positives, over negatives (EQLv2:
- *   |grad| before the reduction's scale), sum of loss.
+ * partials: [block0 + nblocks][4][cpad] floats: sum |grad| over positives, over negatives (EQLv2:
+ *   |grad| before the reduction's scale), sum of loss; the fourth row holds uint bits, the
+ *   EFL_FLAG_NONFINITE / EFL_FLAG_OVERFLOW seen in that column (efl_column_flags).
  * block_flags: [block0 + nblocks] EFL_FLAG_* seen in the block (written by work-item 0 only).
  * norm: the normalizer on the device (use_norm): grad_scale / norm[0] scales the gradient.
  * loss_el: the per-element loss times elem_scale (write_loss, EFL_REDUCTION_NONE).
@@ -65,6 +66,7 @@ void efl_step(__global const efl_store_t *restrict x, __global const int *restri
 
     floatV pos = 0.0f, pos_c = 0.0f, neg = 0.0f, neg_c = 0.0f, ls = 0.0f, ls_c = 0.0f;
     uint bad = 0u;
+    intV largest_in = 0, largest_out = 0; /* magnitude bits per lane, see efl_column_flags */
     /* Rows go in groups of EFL_UNROLL (per device): a CPU overlaps the group's long dependency
      * chains, and the group's terms are summed plainly before one Kahan step per sum. With
      * EFL_ROW_BARRIER the work-group meets at a barrier after each group: CPU runtimes run a
@@ -109,15 +111,18 @@ void efl_step(__global const efl_store_t *restrict x, __global const int *restri
 #if EFL_MODE != EFL_MODE_EQLV2
                 stat = g;
 #endif
-                if (write_grad)
+                if (write_grad) {
                     efl_store_g(g, grad + idx);
-                if (write_loss)
-                    efl_store_g((valid != 0.0f) ? l * elem_scale : 0.0f, loss_el + idx);
+                    largest_out = max(largest_out, efl_magnitude_bits(g));
+                }
+                if (write_loss) {
+                    const floatV le = (valid != 0.0f) ? l * elem_scale : 0.0f;
+                    efl_store_g(le, loss_el + idx);
+                    largest_out = max(largest_out, efl_magnitude_bits(le));
+                }
             }
-            /* A non-finite value in a valid row makes its loss term NaN, which the loss total
-             * carries to efl_apply: the step is refused there. (The math alone would not show
-             * it: fmax drops NaN.) */
-            l = (fabs(xv) <= FLT_MAX) ? l : NAN;
+            if (valid != 0.0f)
+                largest_in = max(largest_in, efl_magnitude_bits(xv));
             const floatV ag = own ? fabs(stat) : 0.0f;
             gp += is_pos ? ag : 0.0f;
             gn += is_pos ? 0.0f : ag;
@@ -132,11 +137,14 @@ void efl_step(__global const efl_store_t *restrict x, __global const int *restri
     }
 
     /* partials at the columns this work-item owns; a shifted chunk stores lane by lane */
-    __global float *pb = partials + (size_t)(block0 + b) * 3u * cpad;
+    __global float *pb = partials + (size_t)(block0 + b) * EFL_PARTIAL_ROWS * cpad;
+    const uint cflags = efl_column_flags(largest_in, largest_out);
     if (c0 == own0) {
         efl_storeV(pos, pb + c0);
         efl_storeV(neg, pb + cpad + c0);
         efl_storeV(ls, pb + 2u * cpad + c0);
+        for (uint k = 0; k < EFL_VW; ++k)
+            ((__global uint *)pb)[3u * cpad + c0 + k] = cflags;
     } else {
         float tp[EFL_VW], tn[EFL_VW], tl[EFL_VW];
         efl_storeV(pos, tp);
@@ -146,6 +154,7 @@ void efl_step(__global const efl_store_t *restrict x, __global const int *restri
             pb[c0 + k] = tp[k];
             pb[cpad + c0 + k] = tn[k];
             pb[2u * cpad + c0 + k] = tl[k];
+            ((__global uint *)pb)[3u * cpad + c0 + k] = cflags;
         }
     }
     if (own0 == 0u)

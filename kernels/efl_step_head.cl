@@ -71,6 +71,7 @@ void efl_step_head(__global const efl_store_t *restrict x, __global const int *r
 
     floatV pos = 0.0f, pos_c = 0.0f, neg = 0.0f, neg_c = 0.0f, ls = 0.0f, ls_c = 0.0f;
     uint bad = 0u;
+    intV largest_in = 0, largest_out = 0; /* magnitude bits per lane, see efl_column_flags */
     /* EFL_UNROLL vectors summed plainly, then one Kahan step per sum (as efl_step) */
     for (uint r = r0; r < r1;) {
         floatV gp = 0.0f, gn = 0.0f, gl = 0.0f;
@@ -116,6 +117,11 @@ void efl_step_head(__global const efl_store_t *restrict x, __global const int *r
                 stat = g;
     #endif
                 const floatV le = valid ? l * elem_scale : 0.0f;
+                /* lanes past the block's end are ignored rows: g and le are 0 there */
+                if (write_grad)
+                    largest_out = max(largest_out, efl_magnitude_bits(g));
+                if (write_loss)
+                    largest_out = max(largest_out, efl_magnitude_bits(le));
                 if (c < C && whole) {
                     if (write_grad)
                         efl_store_g(g, grad + base + s);
@@ -135,8 +141,7 @@ void efl_step_head(__global const efl_store_t *restrict x, __global const int *r
                     }
                 }
             }
-            /* a non-finite value in a valid row: NaN in the loss total, and efl_apply refuses */
-            l = (fabs(xv) <= FLT_MAX) ? l : NAN;
+            largest_in = max(largest_in, valid ? efl_magnitude_bits(xv) : (intV)0);
             const floatV ag = fabs(stat);
             gp += is_pos ? ag : 0.0f;
             gn += is_pos ? 0.0f : ag;
@@ -149,11 +154,12 @@ void efl_step_head(__global const efl_store_t *restrict x, __global const int *r
         barrier(CLK_GLOBAL_MEM_FENCE);
 #endif
     }
-    __global float *pb = partials + (size_t)(block0 + b) * 3u * cpad;
+    __global float *pb = partials + (size_t)(block0 + b) * EFL_PARTIAL_ROWS * cpad;
     if (c < C) {
         pb[c] = efl_hsum(pos - pos_c);
         pb[cpad + c] = efl_hsum(neg - neg_c);
         pb[2u * cpad + c] = efl_hsum(ls - ls_c);
+        ((__global uint *)pb)[3u * cpad + c] = efl_column_flags(largest_in, largest_out);
     }
     if (c == 0u)
         block_flags[block0 + b] = bad;

@@ -25,25 +25,20 @@
  *
  * Saving writes "<path>.tmp.<pid>.<n>" in the same folder, flushes it to the disk, then renames
  * it over path: a reader, or a crash at any point, sees the old checkpoint or the new one whole.
+ * A save first removes the temporaries of the same path that dead processes left behind (a
+ * save killed before its rename): "<basename>.tmp.<pid>.<n>" in that folder whose pid is no
+ * live process. A live process's temporary is never touched (lib/file_io.c).
+ *
+ * Loading reads only a regular file: a FIFO, a device or a folder is EFL_ERROR_IO at once,
+ * never a call that blocks; a file larger than any checkpoint is _CORRUPT, unread.
  */
 #include <math.h>
-#include <stdatomic.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "disk_cache.h" /* efl_fnv1a64 */
+#include "file_io.h"
 #include "internal.h"
-
-#ifdef _WIN32
-#include <io.h>
-#include <process.h>
-#include <windows.h>
-#else
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-#endif
 
 #define MAGIC "EFLCKPT" /* and its NUL: 8 bytes */
 #define FORMAT_VERSION 1u
@@ -247,89 +242,22 @@ efl_status efl_loss_import_checkpoint(efl_loss *loss, cl_command_queue queue, co
 }
 
 /* ------------------------------------------------------------------- files */
-#ifdef _WIN32
-static long process_id(void) { return (long)_getpid(); }
-static int flush_to_disk(FILE *f) { return _commit(_fileno(f)); }
-static int replace_file(const char *from, const char *to)
+/* The whole file, if it is a regular file whose size could be a checkpoint at all (a larger
+ * one is refused before anything is allocated); *size its length. A FIFO, a device or a
+ * folder is refused without blocking. */
+static efl_status read_checkpoint_file(const char *path, unsigned char **out, size_t *size)
 {
-    return MoveFileExA(from, to, MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH) ? 0 : -1;
-}
-static void sync_folder_of(const char *path) { (void)path; }
-static int is_regular_file(FILE *f) { (void)f; return 1; }
-#else
-static long process_id(void) { return (long)getpid(); }
-static int flush_to_disk(FILE *f) { return fsync(fileno(f)); }
-static int replace_file(const char *from, const char *to) { return rename(from, to); }
-/* The rename itself reaches the disk with the folder's entry. Best effort: some file systems
- * refuse fsync on a folder, and the data are safe by then either way. */
-static void sync_folder_of(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
-    if (!dir)
-        return;
-    const int fd = open(dir, O_RDONLY);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-    free(dir);
-}
-/* A folder opens for reading too (and seeks to odd sizes): an I/O error, not a bad file. */
-static int is_regular_file(FILE *f)
-{
-    struct stat st;
-    return fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode);
-}
-#endif
-
-/* data to a fresh temporary file beside path, then renamed over it; on any failure the
- * temporary file is removed and path is as it was. */
-static efl_status write_file_atomically(const char *path, const unsigned char *data, size_t size)
-{
-    static atomic_uint counter; /* two saves in one process never share a temporary name */
-    const size_t len = strlen(path) + 64;
-    char *tmp = malloc(len);
-    if (!tmp)
+    const size_t largest = (size_t)efl_checkpoint_size(EFL_MAX_CLASSES);
+    switch (efl_read_regular_file(path, largest, out, size)) {
+    case EFL_FILE_OK:
+        return EFL_OK;
+    case EFL_FILE_TOO_LARGE:
+        return EFL_ERROR_CHECKPOINT_CORRUPT; /* no C makes a file this large */
+    case EFL_FILE_NO_MEMORY:
         return EFL_ERROR_OUT_OF_MEMORY;
-    snprintf(tmp, len, "%s.tmp.%ld.%u", path, process_id(), atomic_fetch_add(&counter, 1u));
-    FILE *f = fopen(tmp, "wbx"); /* C11: fails rather than reuse an existing file */
-    int ok = f != NULL;
-    ok = ok && fwrite(data, 1, size, f) == size;
-    ok = ok && fflush(f) == 0 && flush_to_disk(f) == 0;
-    if (f)
-        ok = fclose(f) == 0 && ok;
-    ok = ok && replace_file(tmp, path) == 0;
-    if (!ok && f)
-        remove(tmp);
-    if (ok)
-        sync_folder_of(path);
-    free(tmp);
-    return ok ? EFL_OK : EFL_ERROR_IO;
-}
-
-/* The whole file, if its size could be a checkpoint at all; *size its length. A size no
- * checkpoint has is refused before anything is allocated. */
-static efl_status read_whole_file(const char *path, unsigned char **out, size_t *size)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return EFL_ERROR_IO;
-    efl_status st = EFL_ERROR_IO;
-    long n = -1;
-    if (is_regular_file(f) && fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0) {
-        if ((uint64_t)n < HEADER_BYTES + CHECKSUM_BYTES || (uint64_t)n > efl_checkpoint_size(EFL_MAX_CLASSES))
-            st = EFL_ERROR_CHECKPOINT_CORRUPT;
-        else if (!(*out = malloc((size_t)n)))
-            st = EFL_ERROR_OUT_OF_MEMORY;
-        else if (fread(*out, 1, (size_t)n, f) != (size_t)n)
-            free(*out);
-        else
-            st = EFL_OK;
+    default:
+        return EFL_ERROR_IO; /* absent, unreadable, not a regular file, changed while read */
     }
-    fclose(f);
-    *size = st == EFL_OK ? (size_t)n : 0;
-    return st;
 }
 
 efl_status efl_loss_save_checkpoint(efl_loss *loss, cl_command_queue queue, const char *path)
@@ -345,7 +273,7 @@ efl_status efl_loss_save_checkpoint(efl_loss *loss, cl_command_queue queue, cons
         return EFL_ERROR_OUT_OF_MEMORY;
     st = snapshot(loss, queue, buf);
     if (st == EFL_OK)
-        st = write_file_atomically(path, buf, size);
+        st = efl_write_file_atomically(path, buf, size, 0666); /* less the umask, as fopen */
     free(buf);
     return st;
 }
@@ -359,7 +287,7 @@ efl_status efl_loss_load_checkpoint(efl_loss *loss, cl_command_queue queue, cons
         return EFL_ERROR_NULL_BUFFER;
     unsigned char *buf = NULL;
     size_t size = 0;
-    st = read_whole_file(path, &buf, &size);
+    st = read_checkpoint_file(path, &buf, &size);
     if (st != EFL_OK)
         return st;
     st = restore(loss, queue, buf, size);

@@ -12,23 +12,32 @@
  * whole, so a hash collision or a foreign file cannot pass for ours. Layout:
  *   "EFLCACH1" | u32 key length | u64 binary length | u64 binary checksum | key | binary
  * A truncated, corrupted or foreign entry, or a binary the driver refuses, is logged and
- * replaced by a compile from source. Entries are written to a temporary file, flushed and
- * renamed into place, so a reader never sees half an entry. */
+ * replaced by a compile from source. So is anything at an entry's name that is not a regular
+ * file: entries are read with the context's lock held, and a FIFO there must not block every
+ * thread, so the reader (lib/file_io.c) never waits on one.
+ *
+ * Entries are written to a temporary "<entry>.tmp.<pid>.<n>", flushed and renamed into place,
+ * so a reader never sees half an entry. A store first removes the temporaries of the same
+ * entry that dead processes left behind (killed before their rename); a live process's
+ * temporary is never touched (lib/file_io.c). */
 #include "disk_cache.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "file_io.h"
+
 #ifndef _WIN32
 #include <errno.h>
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #endif
 
 #define MAGIC "EFLCACH1"
 #define HEADER_BYTES (8 + 4 + 8 + 8)
+/* Entries are a few hundred KB; anything larger is not one of ours. */
+#define MAX_ENTRY_BYTES ((size_t)64 << 20)
 
 uint64_t efl_fnv1a64(const void *data, size_t len, uint64_t h)
 {
@@ -131,28 +140,6 @@ static void put_u64(unsigned char *p, uint64_t v)
         p[i] = (unsigned char)v;
 }
 
-/* The whole file, or NULL; *len its size. Entries are small (a few hundred KB). */
-static unsigned char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    unsigned char *buf = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        const long n = ftell(f);
-        if (n >= 0 && n < (64L << 20) && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1)) != NULL) {
-            if (fread(buf, 1, (size_t)n, f) == (size_t)n) {
-                *len = (size_t)n;
-            } else {
-                free(buf);
-                buf = NULL;
-            }
-        }
-    }
-    fclose(f);
-    return buf;
-}
-
 /* What is wrong with an entry for `key`, or NULL if it is sound; *bin / *bin_len point into it. */
 const char *efl_disk_cache_check_entry(const unsigned char *e, size_t len, const char *key, const unsigned char **bin,
                                size_t *bin_len)
@@ -178,9 +165,18 @@ cl_program efl_disk_cache_load(efl_context *ctx, const char *dir, const char *ke
     char path[1200];
     entry_path(dir, key, path, sizeof path);
     size_t len = 0;
-    unsigned char *e = read_file(path, &len);
-    if (!e)
+    unsigned char *e = NULL;
+    const efl_file_result r = efl_read_regular_file(path, MAX_ENTRY_BYTES, &e, &len);
+    if (r == EFL_FILE_ABSENT)
         return NULL; /* no entry yet */
+    if (r != EFL_FILE_OK) {
+        const int err = errno;
+        if (r == EFL_FILE_UNREADABLE)
+            efl_log_locked(ctx, "disk cache %s: entry unreadable (%s); compiling from source", path, strerror(err));
+        else
+            efl_log_locked(ctx, "disk cache %s: entry %s; compiling from source", path, efl_file_result_string(r));
+        return NULL;
+    }
     const unsigned char *bin = NULL;
     size_t bin_len = 0;
     const char *why = efl_disk_cache_check_entry(e, len, key, &bin, &bin_len);
@@ -229,27 +225,13 @@ void efl_disk_cache_store(efl_context *ctx, const char *dir, const char *key, cl
     put_u64(e + 20, efl_fnv1a64(bin, bin_len, EFL_FNV_OFFSET));
     memcpy(e + HEADER_BYTES, key, key_len);
 
-    char path[1200], tmp[1300];
+    char path[1200];
     entry_path(dir, key, path, sizeof path);
-    snprintf(tmp, sizeof tmp, "%s.XXXXXX", path);
-    const int fd = mkstemp(tmp); /* mode 0600 */
-    int ok = fd >= 0;
-    for (size_t off = 0; ok && off < total;) {
-        const ssize_t w = write(fd, e + off, total - off);
-        ok = w > 0;
-        off += ok ? (size_t)w : 0;
-    }
-    ok = ok && fsync(fd) == 0;
-    if (fd >= 0)
-        ok = close(fd) == 0 && ok;
-    ok = ok && rename(tmp, path) == 0;
-    if (!ok) {
-        if (fd >= 0)
-            unlink(tmp);
+    /* 0600: native code for this user only (the folder is 0700 too) */
+    if (efl_write_file_atomically(path, e, total, 0600) != EFL_OK)
         efl_log_locked(ctx, "disk cache %s: could not write the entry (%s)", path, strerror(errno));
-    } else {
+    else
         efl_log_locked(ctx, "disk cache %s: stored", path);
-    }
     free(e);
 }
 #endif

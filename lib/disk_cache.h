@@ -18,7 +18,8 @@ cl_program efl_disk_cache_load(efl_context *ctx, const char *dir, const char *ke
  * or NULL, then *bin and *bin_len locate the binary inside e. */
 const char *efl_disk_cache_check_entry(const unsigned char *e, size_t len, const char *key,
                                        const unsigned char **bin, size_t *bin_len);
-/* Writes the program's binary as the entry for `key` (temporary file, flush, rename). */
+/* Writes the program's binary as the entry for `key` (temporary file, flush, rename; the
+ * temporaries of dead processes removed first: lib/file_io.c). */
 void efl_disk_cache_store(efl_context *ctx, const char *dir, const char *key, cl_program prog);
 
 #endif

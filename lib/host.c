@@ -70,12 +70,15 @@ static int labels_valid(const efl_loss *loss, const int32_t *labels, size_t n)
  * (CL_MEM_USE_HOST_PTR): no copy of the logits in or of the gradient out. Returns NULL where
  * that does not apply or fails; the caller then stages. EFL_HOST_STAGING=1 forces staging (the
  * path discrete GPUs take), so that it is tested on any machine. */
-static cl_mem wrap_host(efl_loss *loss, const void *ptr, size_t bytes, cl_mem_flags access)
+static int zero_copy_possible(const efl_loss *loss)
 {
     const char *force = getenv("EFL_HOST_STAGING");
-    if (force && *force && strcmp(force, "0") != 0)
-        return NULL;
-    if (!loss->ctx->info.host_unified)
+    return loss->ctx->info.host_unified && !(force && *force && strcmp(force, "0") != 0);
+}
+
+static cl_mem wrap_host(efl_loss *loss, const void *ptr, size_t bytes, cl_mem_flags access)
+{
+    if (!zero_copy_possible(loss))
         return NULL;
     cl_int err = CL_SUCCESS;
     cl_mem m = clCreateBuffer(loss->ctx->context, access | CL_MEM_USE_HOST_PTR, bytes, (void *)ptr, &err);
@@ -122,7 +125,14 @@ static efl_status run_host(efl_loss *loss, host_op op, efl_dtype dtype, const vo
         return EFL_ERROR_INVALID_DTYPE;
     if (n > SIZE_MAX / sizeof(float) / C)
         return EFL_ERROR_TOO_MANY_ROWS;
-    efl_status st = ensure_staging(loss, 1);
+    /* outputs overlapping the inputs or each other: refused before anything is written */
+    const efl_host_range ranges[4] = {{x_host, n * C * esize, 0},
+                                      {labels, n * sizeof(int32_t), 0},
+                                      {op == HOST_STEP ? grad_out : NULL, n * C * esize, 1},
+                                      {op != HOST_ACCUMULATE ? loss_out : NULL, sizeof(float), 1}};
+    efl_status st = efl_check_host_ranges(ranges, 4);
+    if (st == EFL_OK)
+        st = ensure_staging(loss, 1);
     if (st != EFL_OK)
         return st;
     cl_command_queue q = loss->host_queue;
@@ -132,7 +142,11 @@ static efl_status run_host(efl_loss *loss, host_op op, efl_dtype dtype, const vo
     /* Zero copy where the device shares host memory, else staging buffers (sized for float32,
      * so any storage type fits). */
     cl_mem x = NULL, y = NULL, g = NULL;
-    if (n > 0 && labels_valid(loss, labels, n)) {
+    /* the caller's gradient is written while the step runs: only a step that cannot be refused
+     * may write it there (efl_host_step_cannot_be_refused) */
+    const int direct = n > 0 && zero_copy_possible(loss) && labels_valid(loss, labels, n) &&
+                       (!want_grad || efl_host_step_cannot_be_refused(loss, q, dtype, x_host, n, normalizer, reduction));
+    if (direct) {
         x = wrap_host(loss, x_host, n * C * esize, CL_MEM_READ_ONLY);
         y = x ? wrap_host(loss, labels, n * sizeof(cl_int), CL_MEM_READ_ONLY) : NULL;
         g = y && want_grad ? wrap_host(loss, grad_out, n * C * esize, CL_MEM_WRITE_ONLY) : NULL;
@@ -348,6 +362,8 @@ efl_status efl_loss_run_host(efl_loss *loss, efl_op op, const efl_host_batch *b)
             return EFL_ERROR_NULL_BUFFER;
     if (rows > 0 && !b->labels)
         return EFL_ERROR_NULL_BUFFER;
+    if ((st = efl_check_host_batch_aliasing(op, b, elems, levels, rows)) != EFL_OK)
+        return st;
     if ((st = ensure_queue(loss)) != EFL_OK)
         return st;
 

@@ -46,8 +46,8 @@ struct efl_loss_s {
     cl_mem table;      /* [3][cpad] float: gamma_j hi, lo, w_j for the next step */
     cl_mem info;       /* [2] uint: flags of the last call, refused steps */
     cl_mem step_stats; /* [3][cpad] acc: this step's P, N and loss per column */
-    cl_mem step_flags; /* [1] uint */
-    cl_mem partials;   /* [blocks][3][cpad] float, grown on demand */
+    cl_mem step_flags; /* [1 + cpad] uint: the blocks' flags, then each column's (efl_reduce) */
+    cl_mem partials;   /* [blocks][EFL_PARTIAL_ROWS][cpad] float, grown on demand */
     cl_mem block_flags;
     size_t partials_blocks;
     /* host conveniences: a queue and staging buffers of our own, made on first use */
@@ -95,6 +95,11 @@ void efl_acc_encode(const efl_loss *loss, void *buf, size_t i, double v, float r
 /* step.c: a batch's levels (1 for the rows layout), elements per level and rows, checked as
  * efl_enqueue_batch checks them (EFL_ERROR_INVALID_LAYOUT, EFL_ERROR_TOO_MANY_ROWS). */
 efl_status efl_batch_shape(const efl_loss *loss, const efl_batch *bt, size_t *elems, uint32_t *levels, size_t *rows);
+/* host_precheck.c: 1 if a host step on these logits cannot be refused by the device (no
+ * non-finite logit, nothing that could overflow), so its gradient may go straight into the
+ * caller's array; reads the state's largest total through queue. */
+int efl_host_step_cannot_be_refused(efl_loss *loss, cl_command_queue queue, efl_dtype dtype, const void *logits,
+                                    size_t n, float normalizer, efl_reduction reduction);
 /* Recompute the (gamma_j, w_j) table from the state on the device. */
 efl_status efl_refresh_table(efl_loss *loss, cl_command_queue queue);
 
@@ -123,5 +128,22 @@ void efl_checkpoint_serialize(const efl_loss_config *cfg, const double *totals, 
  * C = expect->num_classes) hold its values, otherwise their contents are unspecified. */
 efl_status efl_checkpoint_parse(const void *buf, size_t size, const efl_loss_config *expect, double *totals,
                                 float *residuals);
+
+/* aliasing.c: EFL_ERROR_ALIASED_BUFFERS where an output the call writes (grad, loss_elems, the
+ * reduced loss) overlaps an input it reads (input, labels, normalizer_buffer) or another output:
+ * the same cl_mem, sub-buffers of one buffer over overlapping bytes, or CL_MEM_USE_HOST_PTR
+ * buffers over overlapping host bytes. Only the bytes the call uses count; buffers the op does
+ * not use are ignored. The batch must have passed check_batch_buffers. */
+efl_status efl_check_batch_aliasing(const efl_loss *loss, efl_op op, const efl_batch *bt);
+/* The same for host arrays: ranges with a NULL ptr or 0 bytes are ignored. */
+typedef struct {
+    const void *ptr;
+    uint64_t bytes;
+    int output;
+} efl_host_range;
+efl_status efl_check_host_ranges(const efl_host_range *ranges, size_t count);
+/* An efl_loss_run_host batch, with its shape from efl_batch_shape. */
+efl_status efl_check_host_batch_aliasing(efl_op op, const efl_host_batch *b, const size_t *elems, uint32_t levels,
+                                         size_t rows);
 
 #endif

@@ -1,4 +1,5 @@
 /* efl_loss: configuration, kernels and the per-class state on the device. */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,13 @@ efl_status efl_check_config(const efl_loss_config *cfg)
         return EFL_ERROR_INVALID_MODE;
     if (!isfinite(cfg->mu))
         return EFL_ERROR_INVALID_PARAMETER;
+    /* EFL's factors at their largest (g = 0): gamma_j = gamma_b + s, w_j = gamma_j / gamma_b and
+     * the element weight alpha_t w_j must be floats, with room for the float-pair rounding of the
+     * table (an infinite weight times a q^gamma of 0 would be NaN where the loss is 0) */
+    const double gamma_max = (double)cfg->gamma + (double)cfg->scale_factor, w_max = gamma_max / cfg->gamma;
+    const double alpha_t = cfg->alpha >= 0.0f ? fmax(fabs((double)cfg->alpha), fabs(1.0 - (double)cfg->alpha)) : 1.0;
+    if (cfg->mode == EFL_MODE_EFL && (gamma_max > 0.5 * FLT_MAX || w_max * fmax(alpha_t, 1.0) > 0.5 * FLT_MAX))
+        return EFL_ERROR_INVALID_PARAMETER;
     /* Both conventions use 0..C as labels; an ignore_index among them would be ambiguous. */
     if (cfg->ignore_index >= 0 && (uint32_t)cfg->ignore_index <= cfg->num_classes)
         return EFL_ERROR_INVALID_IGNORE_INDEX;
@@ -111,7 +119,7 @@ static efl_status create_state(efl_loss *loss)
     loss->table = make_buffer(loss, 3 * cpad * sizeof(float), table, &e[1]);
     loss->info = make_buffer(loss, sizeof info, info, &e[2]);
     loss->step_stats = make_buffer(loss, 3 * (size_t)loss->cpad * loss->acc_bytes, NULL, &e[3]);
-    loss->step_flags = make_buffer(loss, sizeof(cl_uint), info, &e[4]);
+    loss->step_flags = make_buffer(loss, (1 + cpad) * sizeof(cl_uint), NULL, &e[4]);
     free(state);
     free(table);
     for (int i = 0; i < 5; ++i)

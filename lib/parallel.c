@@ -43,8 +43,10 @@ efl_status efl_loss_read_statistics(efl_loss *loss, cl_command_queue queue, doub
             double v;
             float r;
             efl_acc_decode(loss, buf, k * cpad + j, &v, &r);
-            /* an empty batch leaves no statistics of its own: zeros */
-            stats[k * C + j] = loss->stat_rows ? (v + (double)r) * (double)loss->stat_scale : 0.0;
+            /* an empty batch leaves no statistics of its own, and a refused one none to use (they
+             * may not even be finite): zeros, so that the ranks' sums stay finite and carry
+             * the refusal in their last value alone */
+            stats[k * C + j] = loss->stat_rows && !flags ? (v + (double)r) * (double)loss->stat_scale : 0.0;
         }
     free(buf);
     loss->stat_flags = flags;
@@ -69,15 +71,23 @@ efl_status efl_loss_apply_statistics(efl_loss *loss, cl_command_queue queue, con
     for (size_t k = 0; k < 2; ++k)
         for (size_t j = 0; j < C; ++j)
             efl_acc_encode(loss, buf, k * cpad + j, stats[k * C + j], 0.0f);
-    const cl_uint flags = stats[2 * C] > 0.0 ? (loss->stat_flags ? loss->stat_flags : EFL_FLAG_PEER) : 0u;
+    /* the flags: this rank's own reason or a peer's, and no column's (efl_reduce's layout) */
+    cl_uint *flags = calloc(1 + cpad, sizeof *flags);
+    if (!flags) {
+        free(buf);
+        return EFL_ERROR_OUT_OF_MEMORY;
+    }
+    flags[0] = stats[2 * C] > 0.0 ? (loss->stat_flags ? loss->stat_flags : EFL_FLAG_PEER) : 0u;
     /* blocking writes: the host memory is done with on return, and the apply kernel behind them
      * need not be waited for */
     cl_int err = clEnqueueWriteBuffer(queue, loss->step_stats, CL_TRUE, 0, 3 * cpad * loss->acc_bytes, buf, 0,
                                       NULL, NULL);
     if (err == CL_SUCCESS)
-        err = clEnqueueWriteBuffer(queue, loss->step_flags, CL_TRUE, 0, sizeof flags, &flags, 0, NULL, NULL);
+        err = clEnqueueWriteBuffer(queue, loss->step_flags, CL_TRUE, 0, (1 + cpad) * sizeof *flags, flags, 0, NULL,
+                                   NULL);
     if (err == CL_SUCCESS)
         st = efl_enqueue_apply(loss, queue, EFL_APPLY_ACCUMULATE, 1.0f);
+    free(flags);
     free(buf);
     if (err != CL_SUCCESS)
         return efl_cl_fail(loss->ctx, err);

@@ -96,10 +96,13 @@ static efl_status read_totals(efl_loss *loss, cl_command_queue queue, double *co
     return EFL_OK;
 }
 
-/* Finite, >= 0, and within what the accumulators hold (a float pair's hi is a float). */
-static int total_ok(const efl_loss *loss, double v)
+/* Array k's value: finite, >= 0, within what the accumulators hold (below FLT_MAX for float
+ * pairs, as efl_apply keeps them), and for EFL's pos_neg (k = 2) within [0, 1], the range the update keeps it in: a larger
+ * g would make gamma_j < gamma_b and the loss negative or zero. */
+static int total_ok(const efl_loss *loss, size_t k, double v)
 {
-    return isfinite(v) && v >= 0.0 && (loss->kp.fp64 || v <= FLT_MAX);
+    const int in_range = isfinite(v) && v >= 0.0 && (loss->kp.fp64 || v < FLT_MAX);
+    return in_range && (k != 2 || loss->cfg.mode != EFL_MODE_EFL || v <= 1.0);
 }
 
 /* Checks every value, then writes all of them and the table that follows from them. A NULL
@@ -109,7 +112,7 @@ static efl_status write_totals(efl_loss *loss, cl_command_queue queue, const dou
     const size_t C = loss->cfg.num_classes;
     for (size_t k = 0; k < 3; ++k)
         for (size_t j = 0; v[k] && j < C; ++j)
-            if (!total_ok(loss, v[k][j]))
+            if (!total_ok(loss, k, v[k][j]) || (r && !total_ok(loss, k, v[k][j] + (double)r[k * C + j])))
                 return EFL_ERROR_INVALID_STATE;
     void *buf = malloc(3 * C * loss->acc_bytes);
     if (!buf)
@@ -134,7 +137,7 @@ efl_status efl_loss_read_state(efl_loss *loss, cl_command_queue queue, double *p
     return read_totals(loss, queue, v, NULL);
 }
 
-/* Any finite pos_neg >= 0 is accepted, in EFL mode too: the next update clamps it again. */
+/* Values as total_ok says: EFL's pos_neg within [0, 1]. */
 efl_status efl_loss_write_state(efl_loss *loss, cl_command_queue queue, const double *pos_grad,
                                 const double *neg_grad, const double *pos_neg)
 {

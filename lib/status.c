@@ -39,6 +39,8 @@ const char *efl_status_string(efl_status status)
     case EFL_ERROR_CHECKPOINT_VERSION: return "checkpoint format version not supported";
     case EFL_ERROR_CHECKPOINT_MISMATCH: return "checkpoint of another mode, C or parameters";
     case EFL_ERROR_REFUSED_BY_PEER: return "another rank refused the step: update skipped";
+    case EFL_ERROR_OVERFLOW: return "result beyond the range of its type: refused";
+    case EFL_ERROR_ALIASED_BUFFERS: return "an output overlaps an input or another output";
     case EFL_STATUS_COUNT_: break;
     }
     return "unknown status";

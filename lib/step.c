@@ -59,7 +59,7 @@ static efl_status ensure_scratch(efl_loss *loss, size_t nblocks, size_t head_row
     efl_status st = EFL_OK;
     if (nblocks > loss->partials_blocks) {
         loss->partials_blocks = 0;
-        if ((st = grow(loss, &loss->partials, nblocks * 3 * loss->cpad * sizeof(float))) != EFL_OK ||
+        if ((st = grow(loss, &loss->partials, nblocks * EFL_PARTIAL_ROWS * loss->cpad * sizeof(float))) != EFL_OK ||
             (st = grow(loss, &loss->block_flags, nblocks * sizeof(cl_uint))) != EFL_OK)
             return st;
         loss->partials_blocks = nblocks;
@@ -284,6 +284,8 @@ efl_status efl_enqueue_batch(efl_loss *loss, cl_command_queue queue, efl_op op, 
         st = batch_geometry(loss, bt, lv, &nlevels, &n, &R);
     if (st == EFL_OK)
         st = check_batch_buffers(loss, op, bt, lv, nlevels, n);
+    if (st == EFL_OK) /* an output overlapping an input or another output (aliasing.c) */
+        st = efl_check_batch_aliasing(loss, op, bt);
     const int planar = bt->layout != EFL_LAYOUT_ROWS;
     cl_kernel k_step = NULL;
     if (st == EFL_OK)
@@ -395,12 +397,12 @@ efl_status efl_enqueue_batch(efl_loss *loss, cl_command_queue queue, efl_op op, 
             return efl_cl_fail(loss->ctx, err);
     }
     {
-        /* n == 0: loss 0 and no state change, so the state update is not run at all. The data
-         * parallel ops stop where a forward does: their update comes with the ranks' sums. */
-        const cl_int mode = n == 0 || op == EFL_OP_FORWARD || op == EFL_OP_COMPUTE || op == EFL_OP_COLLECT
-                                ? EFL_APPLY_FORWARD
-                            : op == EFL_OP_STEP ? EFL_APPLY_STEP
-                                                : EFL_APPLY_ACCUMULATE;
+        /* n == 0 is still an update (SPEC): g is recomputed from the unchanged totals. The data
+         * parallel ops hold theirs back: it comes with the ranks' sums. */
+        const cl_int mode = op == EFL_OP_FORWARD                            ? EFL_APPLY_FORWARD
+                            : op == EFL_OP_COMPUTE || op == EFL_OP_COLLECT ? EFL_APPLY_HOLD
+                            : op == EFL_OP_STEP                            ? EFL_APPLY_STEP
+                                                                           : EFL_APPLY_ACCUMULATE;
         /* what efl_loss_read_statistics scales P and N by; an empty batch has none */
         loss->stat_scale = collect ? scale : 1.0f;
         loss->stat_rows = n;
@@ -513,6 +515,7 @@ efl_status efl_loss_query_status(efl_loss *loss, cl_command_queue queue)
     return (flags & EFL_FLAG_INVALID_LABEL)    ? EFL_ERROR_INVALID_LABEL
            : (flags & EFL_FLAG_BAD_NORMALIZER) ? EFL_ERROR_INVALID_NORMALIZER
            : (flags & EFL_FLAG_NONFINITE)      ? EFL_ERROR_NONFINITE
+           : (flags & EFL_FLAG_OVERFLOW)       ? EFL_ERROR_OVERFLOW
            : (flags & EFL_FLAG_PEER)           ? EFL_ERROR_REFUSED_BY_PEER
                                                : EFL_OK;
 }

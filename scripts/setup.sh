@@ -51,7 +51,7 @@ case "$what" in
     ctest --test-dir build-tsan --output-on-failure -R '^test_context'
     # The host-side parsers under libFuzzer (clang), 20 s each from the corpus in tests/fuzz.
     CC=clang-14 cmake -S . -B build-fuzz -DEFL_FUZZ=ON -DEFL_BUILD_BENCH=OFF
-    cmake --build build-fuzz -j"$(nproc)" --target fuzz_cache_entry fuzz_config fuzz_checkpoint
+    cmake --build build-fuzz -j"$(nproc)" --target fuzz_cache_entry fuzz_config fuzz_checkpoint fuzz_invariants
     ctest --test-dir build-fuzz --output-on-failure -R '^fuzz_'
     ;;
   build) ;;

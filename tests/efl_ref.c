@@ -258,9 +258,9 @@ size_t efl_ref_step_mode(const efl_ref_params *p, efl_ref_state *st, const float
     if (!P || !Ns)
         abort();
     size_t bad = efl_ref_forward_backward_mode(p, st->g, x, y, n, normalizer, reduction, grad, elems, P, Ns, res);
-    /* n == 0 is "no step" (efl.h); otherwise the update is unconditional, as in the reference
-     * implementation's hook, even when every row is ignored. */
-    if (bad == 0 && n > 0)
+    /* The update is unconditional, as in the reference implementation's hook, even when every
+     * row is ignored or there is none (n == 0: g recomputed from the unchanged totals). */
+    if (bad == 0)
         efl_ref_update_mode(p, st, P, Ns);
     free(P);
     free(Ns);

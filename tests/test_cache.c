@@ -4,14 +4,19 @@
  * results; a truncated, a corrupted and a foreign entry are each detected and replaced by a
  * compile from source (and the next context loads the replacement); a folder writable by
  * others, or owned by another user, is refused and compilation goes on; EFL_CACHE_DIR=off
- * writes nothing; a new folder is created mode 0700.
+ * writes nothing; a new folder is created mode 0700. A FIFO planted at an entry's name does
+ * not block the context (an alarm fails the test instead of letting it hang): it is logged,
+ * the program compiled, and the entry stored over it. A store removes the entry's temporaries
+ * left by a dead process, never a live process's.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include "test_util.h"
@@ -70,6 +75,48 @@ static void expect(const char *log, const char *what, const char *case_name)
     CHECK_MSG(strstr(log, what) != NULL, "%s: the log lacks \"%s\":\n%s", case_name, what, log);
 }
 
+
+/* "<entry>.tmp.<pid>.0", as a store killed before its rename leaves it */
+static void plant_temporary(char *out, size_t size, const char *entry_path, long pid)
+{
+    snprintf(out, size, "%s.tmp.%ld.0", entry_path, pid);
+    FILE *f = fopen(out, "wb");
+    if (!f || fputs("half an entry", f) < 0 || fclose(f) != 0)
+        tu_fatal(__FILE__, __LINE__, out);
+}
+
+/* A FIFO at the entry's name: the context must not block on it (its reader would wait for a
+ * writer forever, with the context's lock held). The alarm turns a regression into a failure. */
+static void test_fifo_entry(const char *path, float l0, const float *g0)
+{
+    static float g1[N * C];
+    float l1;
+    char stale[1100], busy[1100];
+    tu_begin("a FIFO at the entry's name: logged, compiled, replaced");
+    CHECK(unlink(path) == 0);
+    if (!CHECK(mkfifo(path, 0600) == 0))
+        tu_fatal(__FILE__, __LINE__, "mkfifo");
+    const long live = (long)getppid();
+    plant_temporary(stale, sizeof stale, path, tu_dead_pid());
+    plant_temporary(busy, sizeof busy, path, live);
+    alarm(60); /* time for a compile from source on a loaded machine, not for a wait on the FIFO */
+    char *log = fresh_step(&l1, g1);
+    alarm(0);
+    expect(log, "not a regular file", "FIFO entry");
+    expect(log, ": stored", "FIFO entry");
+    free(log);
+    CHECK(l0 == l1 && memcmp(g0, g1, sizeof g1) == 0);
+    struct stat st;
+    CHECK_MSG(stat(path, &st) == 0 && S_ISREG(st.st_mode), "the FIFO was not replaced by an entry");
+    CHECK_MSG(access(stale, F_OK) != 0, "%s (dead pid) was not removed", stale);
+    CHECK_MSG(access(busy, F_OK) == 0, "%s (live pid %ld) was removed", busy, live);
+    remove(busy);
+    log = fresh_step(&l1, g1);
+    expect(log, ": loaded", "after the FIFO");
+    free(log);
+    tu_end();
+}
+
 int main(void)
 {
     tu_env_init(&E);
@@ -126,6 +173,8 @@ int main(void)
         free(log);
         tu_end();
     }
+
+    test_fifo_entry(path, l0, g0);
 
     tu_begin("a folder writable by others is refused");
     CHECK(chmod(DIR_, 0777) == 0);

@@ -5,7 +5,9 @@
  * accumulators and with float pairs; every refused file (truncated, corrupted, another version,
  * C, gamma, mode; a missing path; a focal-loss loss) leaves the state bitwise as it was; a save
  * is atomic (no temporary file left, a failed save leaves nothing); the memory form holds the
- * file's bytes. The format is checked against its description here, by a reader of our own
+ * file's bytes. A FIFO, a folder or a device is refused at once (EFL_ERROR_IO, never a blocked
+ * call: an alarm fails the test instead of letting it hang), the state untouched; a save
+ * removes its path's temporaries left by a dead process, and never a live process's. The format is checked against its description here, by a reader of our own
  * (little-endian fields, FNV-1a written from its definition), not the library's.
  */
 #include <dirent.h>
@@ -13,7 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include "test_util.h"
@@ -367,10 +371,11 @@ static void resume_case(const char *name, efl_mode mode, efl_accumulate acc, int
 /* Float pairs (hi, lo) as the kernels keep them (hi = hi + lo rounded to float), with lo 30 to
  * 45 bits below hi's top bit so that hi + lo needs more than a double's 53 bits: a checkpoint
  * must carry the rest (the residual) for the pair to come back. v and r by TwoSum, here. */
-static void make_wide_pairs(tu_rng *rng, size_t count, double *v, float *r)
+/* count pairs of magnitude 2^(emax - 40) .. 2^emax */
+static void make_wide_pairs(tu_rng *rng, size_t count, int emax, double *v, float *r)
 {
     for (size_t i = 0; i < count; ++i) {
-        const int e = (int)tu_below(rng, 40) - 20, gap = 30 + (int)tu_below(rng, 16);
+        const int e = emax - 1 - (int)tu_below(rng, 40), gap = 30 + (int)tu_below(rng, 16);
         const double m_hi = (double)((1u << 23) | tu_below(rng, 1u << 23));
         const double m_lo = (double)((1u << 23) | tu_below(rng, 1u << 23) | 1u); /* odd: a lowest bit */
         const float hi = (float)ldexp(m_hi, e - 23);
@@ -392,7 +397,8 @@ static void test_residuals(void)
     double v[3 * 8];
     float r[3 * 8];
     tu_rng rng = {99};
-    make_wide_pairs(&rng, n, v, r);
+    make_wide_pairs(&rng, 2 * C, 20, v, r);
+    make_wide_pairs(&rng, C, 0, v + 2 * C, r + 2 * C); /* EFL's pos_neg lies in [0, 1] */
     size_t nonzero = 0;
     for (size_t i = 0; i < n; ++i) {
         memcpy(ck + HEADER + 8 * i, &v[i], 8); /* little-endian host */
@@ -697,6 +703,82 @@ static void test_atomic_save(void)
     tu_end();
 }
 
+/* ------------------------------------------------------------ special files */
+/* A load that must be refused with EFL_ERROR_IO at once: an open() that blocks (a FIFO without
+ * a writer) ends the test by SIGALRM after 10 s instead of hanging it. */
+static void expect_refused_promptly(efl_loss *loss, uint32_t C, const char *path, const char *what)
+{
+    snapshot before, after;
+    take(loss, C, &before);
+    alarm(10);
+    const efl_status got = efl_loss_load_checkpoint(loss, E.queue, path);
+    alarm(0);
+    CHECK_MSG(got == EFL_ERROR_IO, "%s: got %s, want EFL_ERROR_IO", what, efl_status_string(got));
+    take(loss, C, &after);
+    CHECK_MSG(same(&before, &after), "%s: the state changed", what);
+    drop(&before);
+    drop(&after);
+}
+
+static void test_special_files(void)
+{
+    tu_begin("a FIFO, a folder, a device: refused at once, state untouched");
+    fault_fixture f;
+    fault_setup(&f);
+    char fifo[512];
+    path_in_dir(fifo, sizeof fifo, "fifo.ckpt");
+    if (!CHECK(mkfifo(fifo, 0600) == 0))
+        tu_fatal(__FILE__, __LINE__, "mkfifo");
+    expect_refused_promptly(f.loss, 3, fifo, "a FIFO without a writer");
+    expect_refused_promptly(f.loss, 3, DIR_, "a folder");
+    expect_refused_promptly(f.loss, 3, "/dev/null", "a character device");
+    /* a save replaces the FIFO with a checkpoint (rename), and that one loads */
+    CHECK_STATUS(efl_loss_save_checkpoint(f.loss, E.queue, fifo), EFL_OK);
+    struct stat st;
+    CHECK(stat(fifo, &st) == 0 && S_ISREG(st.st_mode));
+    CHECK_STATUS(efl_loss_load_checkpoint(f.loss, E.queue, fifo), EFL_OK);
+    remove(fifo);
+    free(f.good);
+    efl_loss_destroy(f.loss);
+    tu_end();
+}
+
+/* ------------------------------------------------------------ temporaries of killed saves */
+
+static void plant_temporary(char *out, size_t size, const char *base, long pid)
+{
+    char name[256];
+    snprintf(name, sizeof name, "%s.tmp.%ld.0", base, pid);
+    path_in_dir(out, size, name);
+    spit(out, "half a checkpoint", 17);
+}
+
+static void test_stale_temporaries(void)
+{
+    tu_begin("a save removes its path's temporaries of dead processes, never a live one's");
+    fault_fixture f;
+    fault_setup(&f);
+    const long dead = tu_dead_pid(), live = (long)getppid();
+    CHECK_MSG(kill((pid_t)dead, 0) == -1, "pid %ld still in use", dead);
+    char path[512], stale[512], busy[512], other[512];
+    path_in_dir(path, sizeof path, "stale.ckpt");
+    plant_temporary(stale, sizeof stale, "stale.ckpt", dead);
+    plant_temporary(busy, sizeof busy, "stale.ckpt", live);
+    plant_temporary(other, sizeof other, "stale.ckpt2", dead); /* another path's: not ours to sweep */
+    CHECK_STATUS(efl_loss_save_checkpoint(f.loss, E.queue, path), EFL_OK);
+    CHECK_MSG(access(stale, F_OK) != 0, "%s (dead pid) was not removed", stale);
+    CHECK_MSG(access(busy, F_OK) == 0, "%s (live pid %ld) was removed", busy, live);
+    CHECK_MSG(access(other, F_OK) == 0, "%s (another path's) was removed", other);
+    CHECK_STATUS(efl_loss_load_checkpoint(f.loss, E.queue, path), EFL_OK);
+    remove(busy);
+    remove(other);
+    remove(path);
+    CHECK(count_temporaries() == 0);
+    free(f.good);
+    efl_loss_destroy(f.loss);
+    tu_end();
+}
+
 /* ------------------------------------------------------------ memory form */
 static void test_export_import(void)
 {
@@ -759,6 +841,8 @@ int main(void)
     test_other_configurations();
     test_io_and_arguments();
     test_atomic_save();
+    test_special_files();
+    test_stale_temporaries();
     test_export_import();
     remove_dir();
     tu_env_free(&E);

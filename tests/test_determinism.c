@@ -58,7 +58,7 @@ static void determinism_case(tu_env *e, const char *name, size_t n, uint32_t C, 
     for (uint32_t j = 0; j < C; ++j) {
         start.pos[j] = 0.1 + tu_uniform(&r);
         start.neg[j] = 1.0 + 10.0 * tu_uniform(&r);
-        start.g[j] = start.pos[j] / start.neg[j];
+        start.g[j] = fmin(start.pos[j] / start.neg[j], 1.0); /* EFL keeps g in [0, 1] */
     }
     cl_mem bx = tu_buf(e, nc * 4, x), by = tu_buf(e, n * 4, y);
 

@@ -1,3 +1,4 @@
+#define _POSIX_C_SOURCE 200809L /* fork, waitpid */
 #include "test_util.h"
 
 #include <math.h>
@@ -5,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------ checks */
 static const char *g_case = "(no case)";
@@ -629,3 +632,16 @@ size_t tu_rows(size_t n)
 }
 int tu_steps(int steps) { return small_mode() && steps > 3 ? 3 : steps; }
 int tu_small(void) { return small_mode(); }
+
+long tu_dead_pid(void)
+{
+    const pid_t child = fork();
+    if (child < 0)
+        tu_fatal(__FILE__, __LINE__, "fork");
+    if (child == 0)
+        _exit(0);
+    int status = 0;
+    if (waitpid(child, &status, 0) != child)
+        tu_fatal(__FILE__, __LINE__, "waitpid");
+    return (long)child;
+}

@@ -35,6 +35,8 @@ int tu_check(int ok, const char *file, int line, const char *expr);
 int tu_check_status(efl_status got, efl_status want, const char *file, int line, const char *expr);
 _Noreturn void tu_skip(const char *why);
 _Noreturn void tu_fatal(const char *file, int line, const char *what);
+/* A pid no process has (POSIX): a child that has exited and been reaped. */
+long tu_dead_pid(void);
 
 #define CHECK(cond) tu_check((cond) != 0, __FILE__, __LINE__, #cond)
 #define CHECK_MSG(cond, ...) ((cond) ? 1 : (tu_failf(__FILE__, __LINE__, __VA_ARGS__), 0))

@@ -15,9 +15,29 @@
  *   Every call returns an efl_status. A call that returns an error other than EFL_ERROR_OPENCL
  *   or EFL_ERROR_OUT_OF_MEMORY has enqueued nothing and changed nothing: the caller's buffers
  *   and the loss state are as they were. Conditions only the device can see (a label outside
- *   the convention) make the device skip the state update and leave the loss output untouched;
- *   efl_loss_query_status() reports them once the queue has finished.
+ *   the convention, a non-finite input, a result beyond its type) make the device refuse the
+ *   step: no state update, the reduced loss output untouched, the refusal counted;
+ *   efl_loss_query_status() reports them once the queue has finished. A kernel's stores cannot
+ *   be taken back, so a refused *enqueue* may have written its gradient and per-element loss
+ *   buffers (grad[], loss_elems[]); the host calls (efl_loss_*_host, efl_loss_run_host) never
+ *   write any output of a refused call.
  *   The library never prints; efl_context_log() returns what it would have said (build logs).
+ *
+ * The invariant (every path: device and host calls, every dtype, layout, mode and reduction,
+ * one process or many)
+ *   After every call that succeeds (and for an enqueue, whose verdict efl_loss_query_status
+ *   gives, every step the device accepts) the loss value, the gradient in its storage type, the
+ *   per-element losses and the whole state (pos_grad, neg_grad, pos_neg) are finite, and
+ *   pos_neg lies in [0, 1] in EFL mode. This holds for every finite input (logits up to
+ *   +-FLT_MAX, any normalizer, grad_scale or state a call accepts) and every configuration
+ *   efl_loss_create accepts. What cannot be represented is refused, never stored:
+ *     EFL_ERROR_NONFINITE  Inf or NaN in a valid row's logits or supplied gradient;
+ *     EFL_ERROR_OVERFLOW   a gradient or per-element loss beyond its storage type (float16:
+ *                          65504, bfloat16 and float32: FLT_MAX after rounding), the loss's sum
+ *                          over elements or the reduced loss beyond FLT_MAX, statistics or new
+ *                          totals beyond the accumulators (float64, or FLT_MAX for float pairs),
+ *                          EQLv2's g beyond them;
+ *     EFL_ERROR_INVALID_STATE  state written or loaded out of range (EFL: pos_neg outside [0, 1]).
  */
 #ifndef EFL_EFL_H
 #define EFL_EFL_H
@@ -98,7 +118,12 @@ typedef enum {
     EFL_ERROR_CHECKPOINT_MISMATCH = 30, /* a checkpoint of another mode, C or parameters */
     EFL_ERROR_REFUSED_BY_PEER = 31,     /* data parallel: another rank's device refused the step, so
                                            this one skipped its update too */
-    EFL_STATUS_COUNT_ = 32
+    EFL_ERROR_OVERFLOW = 32,            /* a result beyond what its type holds: the loss total, a
+                                           gradient or per-element loss in its storage type, or the
+                                           state's totals or factors; refused, nothing updated */
+    EFL_ERROR_ALIASED_BUFFERS = 33,     /* an output overlaps an input or another output (the same
+                                           cl_mem, overlapping sub-buffers or host ranges) */
+    EFL_STATUS_COUNT_ = 34
 } efl_status;
 
 /* A short, constant English name for a status ("invalid normalizer"). Never NULL. */
@@ -209,7 +234,10 @@ EFL_API void efl_loss_config_init_mode(efl_loss_config *cfg, uint32_t num_classe
 typedef struct efl_loss_s efl_loss;
 
 /* A loss with its per-class state on the device: pos_grad = neg_grad = 0, pos_neg = 1.
- * Compiles (or reuses) the context's program. */
+ * Compiles (or reuses) the context's program. Besides each field's own range (efl_loss_config),
+ * EFL mode needs its largest factors to be floats: gamma_b + s and alpha_t (gamma_b + s) /
+ * gamma_b (alpha_t the larger of |alpha|, |1 - alpha|, and 1) at most FLT_MAX / 2, else
+ * EFL_ERROR_INVALID_PARAMETER. */
 EFL_API efl_status efl_loss_create(efl_context *ctx, const efl_loss_config *cfg, efl_loss **out);
 /* Accepts NULL. Waits for nothing: release happens once enqueued work has finished. */
 EFL_API void efl_loss_destroy(efl_loss *loss);
@@ -221,14 +249,19 @@ EFL_API efl_status efl_loss_get_config(const efl_loss *loss, efl_loss_config *cf
  *   loss    float32 [1]: the reduced loss (written on the device; no host sync is forced);
  *           for EFL_REDUCTION_NONE the per-element loss, [n, C] like the logits
  *   grad    float32 [n, C]: d loss / d logits
- * then the gradient-guided state update (SPEC "Gradient accumulation") with this step's grad.
+ * then the gradient-guided state update (the per-class statistics P_j, N_j of |grad|, added to
+ * the totals; g = clamp(pos_grad / (neg_grad + 1e-10), 0, 1)) with this step's grad.
  * The step reads the state from before the step. normalizer is used by EFL_REDUCTION_MEAN
- * (> 0, finite); pass 1.0 for the reference's default. n == 0 is valid: loss 0, no state change.
- * A label outside the convention, or Inf/NaN in a valid row's logits: the device refuses the
- * step (no state update, `loss` left as it was, the skip counted) and efl_loss_query_status()
- * returns EFL_ERROR_INVALID_LABEL or EFL_ERROR_NONFINITE; the gradient of a refused step is not
- * to be used (the single fused pass has written it before the verdict). `event` (optional)
- * covers the whole step. */
+ * (> 0, finite); pass 1.0 for the reference's default. n == 0 is valid: loss 0, and still an
+ * update: g is recomputed from the unchanged totals (so a fresh loss's g goes from 1 to 0, as
+ * the reference implementation does), the same as the data-parallel path with no rows anywhere.
+ * A label outside the convention, Inf/NaN in a valid row's logits, or a result beyond its type
+ * (see "The invariant"): the device refuses the step (no state update, `loss` left as it was,
+ * the skip counted) and efl_loss_query_status() returns EFL_ERROR_INVALID_LABEL,
+ * EFL_ERROR_NONFINITE or EFL_ERROR_OVERFLOW; the gradient of a refused step is not to be used
+ * (the single fused pass has written it before the verdict). `event` (optional) covers the
+ * whole step. Outputs must not overlap inputs or each other (EFL_ERROR_ALIASED_BUFFERS): no
+ * call works in place. */
 EFL_API efl_status efl_enqueue_step(efl_loss *loss, cl_command_queue queue, cl_mem logits, cl_mem labels,
                                     size_t n, float normalizer, efl_reduction reduction, cl_mem loss_out,
                                     cl_mem grad_out, cl_uint num_events_in_wait_list,
@@ -348,13 +381,15 @@ EFL_API efl_status efl_loss_apply_statistics_host(efl_loss *loss, const double *
 
 /* Blocking: waits for `queue` to finish, then reports what the device found in the most recent
  * step, forward or accumulate of this loss: EFL_OK, EFL_ERROR_INVALID_LABEL,
- * EFL_ERROR_INVALID_NORMALIZER (a normalizer_buffer holding a value that is not finite and > 0)
- * or EFL_ERROR_NONFINITE (Inf or NaN in a valid row's logits or gradient). Steps and accumulates
- * refused for any of these left the state untouched. */
+ * EFL_ERROR_INVALID_NORMALIZER (a normalizer_buffer holding a value that is not finite and > 0,
+ * or one that makes loss_weight / normalizer overflow), EFL_ERROR_NONFINITE (Inf or NaN in a
+ * valid row's logits or gradient) or EFL_ERROR_OVERFLOW (a result beyond its type; "The
+ * invariant" above). Several at once: the first of that list. Steps and accumulates refused for
+ * any of these left the state and the loss output untouched. */
 EFL_API efl_status efl_loss_query_status(efl_loss *loss, cl_command_queue queue);
 
 /* Blocking: how many steps and accumulates this loss has refused (invalid labels, non-finite
- * values) since it was created. */
+ * values, overflows, a peer's refusal) since it was created. */
 EFL_API efl_status efl_loss_skipped_steps(efl_loss *loss, cl_command_queue queue, uint32_t *count);
 
 /* ------------------------------------------------------------------ state */
@@ -362,8 +397,9 @@ EFL_API efl_status efl_loss_skipped_steps(efl_loss *loss, cl_command_queue queue
  * read and write are blocking on `queue`; they order after work already on that queue. */
 EFL_API efl_status efl_loss_read_state(efl_loss *loss, cl_command_queue queue, double *pos_grad,
                                        double *neg_grad, double *pos_neg);
-/* All three arrays required; values finite and >= 0 (pos_neg may exceed 1 only through
- * this call; the update clamps it again). Invalid values: EFL_ERROR_INVALID_STATE, nothing written. */
+/* All three arrays required; values finite and >= 0, pos_neg within [0, 1] in EFL mode (the
+ * range its update keeps it in), totals within the accumulators (FLT_MAX on float-pair devices).
+ * Invalid values: EFL_ERROR_INVALID_STATE, nothing written. Loading a checkpoint checks the same. */
 EFL_API efl_status efl_loss_write_state(efl_loss *loss, cl_command_queue queue, const double *pos_grad,
                                         const double *neg_grad, const double *pos_neg);
 /* Back to pos_grad = neg_grad = 0, pos_neg = 1 (EQLv2: 100). */
@@ -388,8 +424,13 @@ EFL_API efl_status efl_loss_import_checkpoint(efl_loss *loss, cl_command_queue q
 
 /* ------------------------------------------------------- host conveniences */
 /* The same calls on host arrays, through a queue the loss owns (created on first use). They
- * block until done. On any error, including EFL_ERROR_INVALID_LABEL, the host outputs and the
- * state are left as they were. grad may be NULL for efl_loss_step_host (state is still updated).
+ * block until done. On any error, including the device's verdicts (EFL_ERROR_INVALID_LABEL,
+ * _NONFINITE, _OVERFLOW), every host output and the state are left as they were. Where the
+ * device shares host memory (CPU runtimes) the gradient is written straight into grad_out, but
+ * only after a scan of the logits (their largest magnitude) has shown that no refusal is
+ * possible; otherwise it goes through a staging buffer and is copied out on success.
+ * Overlapping arrays (an output over an input or another output): EFL_ERROR_ALIASED_BUFFERS.
+ * grad may be NULL for efl_loss_step_host (state is still updated).
  * With EFL_REDUCTION_NONE, loss_out receives n * C losses in the logits' storage type. */
 EFL_API efl_status efl_loss_step_host(efl_loss *loss, const float *logits, const int32_t *labels, size_t n,
                                       float normalizer, efl_reduction reduction, float *loss_out,

@@ -751,7 +751,8 @@ class EqualizedFocalLoss:
         """Replace the state from a mapping with "pos_grad", "neg_grad" and "pos_neg" (after
         `prefix`): numpy arrays, lists or torch tensors of any float type (the reference's
         buffers are float32) and device, C values each. The focal mode accepts only a mapping
-        without those keys. Values must be finite and >= 0 (EflError(ERROR_INVALID_STATE))."""
+        without those keys. Values must be finite and >= 0, and pos_neg within [0, 1] in EFL mode
+        (else EflError(ERROR_INVALID_STATE), and the state is left as it was)."""
         keys = [prefix + k for k in _STATE_NAMES]
         present = [k in state for k in keys]
         if not self.has_state:
@@ -764,8 +765,9 @@ class EqualizedFocalLoss:
         self.load_state(*(state[k] for k in keys))
 
     def load_state(self, pos_grad, neg_grad, pos_neg):
-        """Replace the state (e.g. when resuming). Values must be finite and >= 0; numpy
-        arrays, lists or torch tensors."""
+        """Replace the state (e.g. when resuming). Values must be finite and >= 0, pos_neg within
+        [0, 1] in EFL mode (else EflError(ERROR_INVALID_STATE), nothing written); numpy arrays,
+        lists or torch tensors."""
         arrs = []
         for name, value in zip(_STATE_NAMES, (pos_grad, neg_grad, pos_neg)):
             a = _to_numpy_state(value, name)
@@ -785,10 +787,19 @@ class EqualizedFocalLoss:
         _check(st)
 
     # ----------------------------------------------------------- checkpoints
+    @staticmethod
+    def _c_path(path):
+        """path (str, bytes or os.PathLike) as the bytes C receives. C stops at a NUL, so a path
+        holding one would name another file: ValueError, as open() raises, before any call."""
+        raw = os.fsencode(os.fspath(path))
+        if b"\0" in raw:
+            raise ValueError("embedded null byte")
+        return raw
+
     def save_checkpoint(self, path):
         """Write the state to `path` (the library's versioned, checksummed format, written to a
         temporary file and renamed over `path`). Resuming from it continues bit for bit."""
-        raw = os.fsencode(os.fspath(path))
+        raw = self._c_path(path)
         fn = _fn("efl_loss_save_checkpoint_host")
         with self._lock:
             st = fn(self._live(), raw)
@@ -799,7 +810,7 @@ class EqualizedFocalLoss:
         format version, or a checkpoint of another mode, C, gamma, alpha, s or mu raises
         EflError (ERROR_CHECKPOINT_CORRUPT / _VERSION / _MISMATCH, ERROR_IO when unreadable)
         and leaves the state as it was."""
-        raw = os.fsencode(os.fspath(path))
+        raw = self._c_path(path)
         fn = _fn("efl_loss_load_checkpoint_host")
         with self._lock:
             st = fn(self._live(), raw)

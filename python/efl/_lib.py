@@ -59,6 +59,8 @@ class Status:
     ERROR_CHECKPOINT_VERSION = 29
     ERROR_CHECKPOINT_MISMATCH = 30
     ERROR_REFUSED_BY_PEER = 31
+    ERROR_OVERFLOW = 32
+    ERROR_ALIASED_BUFFERS = 33
 
 
 # efl_reduction, efl_label_convention, efl_accumulate, efl_dtype, efl_mode, efl_layout, efl_op

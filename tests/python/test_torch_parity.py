@@ -429,7 +429,7 @@ def test_load_state_resume_and_reset():
     neg = rng.uniform(0.0, 50.0, c)
     pos[:3] = 0.0
     g = np.clip(pos / (neg + 1e-10), 0.0, 1.0)
-    g[5] = 1.5  # allowed through load_state; the next update clamps it again
+    g[5] = 1.0  # the top of EFL's range; 1.5 is refused below
     ref = ReferenceEFL(c)
     ref.load_state(pos, neg, g)
     with efl.EqualizedFocalLoss(c) as loss:
@@ -450,7 +450,9 @@ def test_load_state_resume_and_reset():
         before = loss.read_state()
         bad = neg.copy()
         bad[4] = -1.0
-        for arrays in ((pos, bad, g), (pos, neg, np.full(c, np.nan))):
+        above = g.copy()
+        above[5] = 1.5  # EFL's pos_neg lies in [0, 1]
+        for arrays in ((pos, bad, g), (pos, neg, np.full(c, np.nan)), (pos, neg, above)):
             try:
                 loss.load_state(*arrays)
             except efl.EflError as e:
@@ -467,13 +469,16 @@ def test_load_state_resume_and_reset():
 def test_empty_batch_and_extreme_logits():
     c = 16
     with efl.EqualizedFocalLoss(c) as loss:
+        ref = ReferenceEFL(c)
         l, g = loss.step(np.zeros((0, c), np.float32), np.zeros(0, np.int32))
+        ref.step(np.zeros((0, c), np.float32), np.zeros(0, np.int32))
         assert l == 0.0 and g.shape == (0, c), (l, g.shape)
-        assert np.all(loss.pos_grad == 0) and np.all(loss.neg_grad == 0) and np.all(loss.pos_neg == 1)
+        # an empty batch is still an update: g = clamp(0 / (0 + 1e-10)) = 0, as the reference's
+        assert np.all(loss.pos_grad == 0) and np.all(loss.neg_grad == 0) and np.all(loss.pos_neg == 0)
+        check_state("empty batch", loss, ref)
         # finite for every finite input (the reference implementation gives inf / nan here)
         x = np.array([[100.0] * c, [-100.0] * c, [1.0e4] * c, [-1.0e4] * c, [88.0] * c], dtype=np.float32)
         y = np.array([0, 1, 2, 0, 3], dtype=np.int32)
-        ref = ReferenceEFL(c)
         l, g = loss.step(x, y, reduction="sum")
         want_l, want_g = ref.step(x, y, reduction="sum")
         assert np.isfinite(l) and np.all(np.isfinite(g)), (l, g)
