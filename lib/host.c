@@ -144,8 +144,10 @@ static efl_status run_host(efl_loss *loss, host_op op, efl_dtype dtype, const vo
     cl_mem x = NULL, y = NULL, g = NULL;
     /* the caller's gradient is written while the step runs: only a step that cannot be refused
      * may write it there (efl_host_step_cannot_be_refused) */
+    const size_t count = n * C;
     const int direct = n > 0 && zero_copy_possible(loss) && labels_valid(loss, labels, n) &&
-                       (!want_grad || efl_host_step_cannot_be_refused(loss, q, dtype, x_host, n, normalizer, reduction));
+                       (!want_grad ||
+                        efl_host_step_cannot_be_refused(loss, q, dtype, &x_host, &count, 1, n, normalizer, reduction));
     if (direct) {
         x = wrap_host(loss, x_host, n * C * esize, CL_MEM_READ_ONLY);
         y = x ? wrap_host(loss, labels, n * sizeof(cl_int), CL_MEM_READ_ONLY) : NULL;
@@ -297,18 +299,43 @@ static cl_mem host_input(efl_loss *loss, const void *ptr, size_t bytes, cl_int *
     return clCreateBuffer(loss->ctx->context, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, bytes, (void *)ptr, err);
 }
 
-/* efl_loss_run_host: buffers made for this call (outputs are device buffers read back only once
- * the device has accepted the batch, so a refused one leaves the caller's arrays as they were). */
+/* efl_loss_run_host: buffers made for this call. Outputs are device buffers read back only once
+ * the device has accepted the batch, so a refused one leaves the caller's arrays as they were;
+ * or, where the device shares host memory and the batch cannot be refused
+ * (efl_host_step_cannot_be_refused), the caller's arrays themselves (`direct`). */
 typedef struct {
     cl_mem in[EFL_MAX_LEVELS], grad[EFL_MAX_LEVELS], elems[EFL_MAX_LEVELS], labels, loss;
+    int direct;
 } host_buffers;
 
 static void release_host_buffers(host_buffers *hb)
 {
-    cl_mem *all = (cl_mem *)hb;
-    for (size_t i = 0; i < sizeof *hb / sizeof(cl_mem); ++i)
-        if (all[i])
-            clReleaseMemObject(all[i]);
+    cl_mem *all[] = {hb->in, hb->grad, hb->elems, &hb->labels, &hb->loss};
+    const size_t count[] = {EFL_MAX_LEVELS, EFL_MAX_LEVELS, EFL_MAX_LEVELS, 1, 1};
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; ++k)
+        for (size_t i = 0; i < count[k]; ++i)
+            if (all[k][i])
+                clReleaseMemObject(all[k][i]);
+}
+
+/* An output buffer of elements' bytes: the caller's array where the batch goes direct, else
+ * one of the device's (also where the caller passed none: a NULL grad still needs a place). */
+static cl_mem host_output(efl_loss *loss, int direct, void *array, size_t bytes, cl_int *err)
+{
+    cl_mem m = direct && array ? wrap_host(loss, array, bytes, CL_MEM_WRITE_ONLY) : NULL;
+    return m ? m : clCreateBuffer(loss->ctx->context, CL_MEM_WRITE_ONLY, bytes, NULL, err);
+}
+
+/* Where an output buffer is the caller's array, a map and unmap is what makes the device's writes
+ * visible there (by the OpenCL spec); else a read. */
+static cl_int deliver(cl_command_queue q, cl_mem m, void *array, size_t bytes)
+{
+    void *host = NULL;
+    cl_int err = clGetMemObjectInfo(m, CL_MEM_HOST_PTR, sizeof host, &host, NULL);
+    if (err != CL_SUCCESS || host != array)
+        return err != CL_SUCCESS ? err : clEnqueueReadBuffer(q, m, CL_TRUE, 0, bytes, array, 0, NULL, NULL);
+    void *p = clEnqueueMapBuffer(q, m, CL_TRUE, CL_MAP_READ, 0, bytes, 0, NULL, NULL, &err);
+    return err == CL_SUCCESS ? clEnqueueUnmapMemObject(q, m, p, 0, NULL, NULL) : err;
 }
 
 static efl_status read_outputs(efl_loss *loss, efl_op op, const efl_host_batch *b, const host_buffers *hb,
@@ -319,9 +346,9 @@ static efl_status read_outputs(efl_loss *loss, efl_op op, const efl_host_batch *
     cl_int err = CL_SUCCESS;
     for (uint32_t l = 0; l < levels && rows > 0 && err == CL_SUCCESS; ++l) {
         if (hb->grad[l] && b->grad[l])
-            err = clEnqueueReadBuffer(q, hb->grad[l], CL_TRUE, 0, elems[l] * esize, b->grad[l], 0, NULL, NULL);
+            err = deliver(q, hb->grad[l], b->grad[l], elems[l] * esize);
         if (hb->elems[l] && err == CL_SUCCESS)
-            err = clEnqueueReadBuffer(q, hb->elems[l], CL_TRUE, 0, elems[l] * esize, b->loss_elems[l], 0, NULL, NULL);
+            err = deliver(q, hb->elems[l], b->loss_elems[l], elems[l] * esize);
     }
     if (!efl_op_collects(op) && b->reduction != EFL_REDUCTION_NONE && err == CL_SUCCESS)
         err = clEnqueueReadBuffer(q, hb->loss, CL_TRUE, 0, sizeof(float), b->loss, 0, NULL, NULL);
@@ -371,14 +398,18 @@ efl_status efl_loss_run_host(efl_loss *loss, efl_op op, const efl_host_batch *b)
     memset(&hb, 0, sizeof hb);
     cl_context cx = loss->ctx->context;
     cl_int err = CL_SUCCESS;
+    const int writes = efl_op_writes_grad(op) || elementwise;
+    hb.direct = writes && rows > 0 && zero_copy_possible(loss) && labels_valid(loss, b->labels, rows) &&
+                efl_host_step_cannot_be_refused(loss, loss->host_queue, b->dtype, b->input, elems, levels, rows,
+                                                b->normalizer, b->reduction);
     if (rows > 0)
         hb.labels = host_input(loss, b->labels, rows * sizeof(cl_int), &err);
     for (uint32_t l = 0; l < levels && rows > 0 && err == CL_SUCCESS; ++l) {
         hb.in[l] = host_input(loss, b->input[l], elems[l] * esize, &err);
-        if (efl_op_writes_grad(op) && err == CL_SUCCESS) /* a NULL grad still needs somewhere to go */
-            hb.grad[l] = clCreateBuffer(cx, CL_MEM_WRITE_ONLY, elems[l] * esize, NULL, &err);
+        if (efl_op_writes_grad(op) && err == CL_SUCCESS)
+            hb.grad[l] = host_output(loss, hb.direct, b->grad[l], elems[l] * esize, &err);
         if (elementwise && err == CL_SUCCESS)
-            hb.elems[l] = clCreateBuffer(cx, CL_MEM_WRITE_ONLY, elems[l] * esize, NULL, &err);
+            hb.elems[l] = host_output(loss, hb.direct, b->loss_elems[l], elems[l] * esize, &err);
     }
     if (err == CL_SUCCESS)
         hb.loss = clCreateBuffer(cx, CL_MEM_READ_WRITE, sizeof(float), NULL, &err);

@@ -137,15 +137,18 @@ static double largest_total(efl_loss *loss, cl_command_queue queue)
     return m;
 }
 
-int efl_host_step_cannot_be_refused(efl_loss *loss, cl_command_queue queue, efl_dtype dtype, const void *logits,
-                                    size_t n, float normalizer, efl_reduction reduction)
+int efl_host_step_cannot_be_refused(efl_loss *loss, cl_command_queue queue, efl_dtype dtype,
+                                    const void *const *inputs, const size_t *counts, uint32_t levels, size_t n,
+                                    float normalizer, efl_reduction reduction)
 {
     const efl_loss_config *cfg = &loss->cfg;
     const double C = cfg->num_classes, rows = (double)n;
     if (reduction == EFL_REDUCTION_MEAN && !(normalizer > 0.0f && isfinite(normalizer)))
         return 0; /* refused before anything runs, on either path */
     const double scale = (double)cfg->loss_weight / (reduction == EFL_REDUCTION_MEAN ? (double)normalizer : 1.0);
-    const double xmax = largest_magnitude_parallel(dtype, logits, (size_t)n * cfg->num_classes);
+    double xmax = 0.0;
+    for (uint32_t l = 0; l < levels; ++l)
+        xmax = fmax(xmax, largest_magnitude_parallel(dtype, inputs[l], counts[l]));
     if (!isfinite(xmax))
         return 0;
     double weight, grad;

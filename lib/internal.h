@@ -95,11 +95,13 @@ void efl_acc_encode(const efl_loss *loss, void *buf, size_t i, double v, float r
 /* step.c: a batch's levels (1 for the rows layout), elements per level and rows, checked as
  * efl_enqueue_batch checks them (EFL_ERROR_INVALID_LAYOUT, EFL_ERROR_TOO_MANY_ROWS). */
 efl_status efl_batch_shape(const efl_loss *loss, const efl_batch *bt, size_t *elems, uint32_t *levels, size_t *rows);
-/* host_precheck.c: 1 if a host step on these logits cannot be refused by the device (no
- * non-finite logit, nothing that could overflow), so its gradient may go straight into the
- * caller's array; reads the state's largest total through queue. */
-int efl_host_step_cannot_be_refused(efl_loss *loss, cl_command_queue queue, efl_dtype dtype, const void *logits,
-                                    size_t n, float normalizer, efl_reduction reduction);
+/* host_precheck.c: 1 if a host step on these logits (levels arrays of counts[l] elements, n
+ * rows in all) cannot be refused by the device (no non-finite logit, nothing that could
+ * overflow), so its outputs may go straight into the caller's arrays; reads the state's
+ * largest total through queue. */
+int efl_host_step_cannot_be_refused(efl_loss *loss, cl_command_queue queue, efl_dtype dtype,
+                                    const void *const *inputs, const size_t *counts, uint32_t levels, size_t n,
+                                    float normalizer, efl_reduction reduction);
 /* Recompute the (gamma_j, w_j) table from the state on the device. */
 efl_status efl_refresh_table(efl_loss *loss, cl_command_queue queue);
 

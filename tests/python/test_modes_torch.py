@@ -110,6 +110,13 @@ def same_state(tag, a, b):
         assert np.array_equal(x, y), "%s: %s differs (max |diff| %.3g)" % (tag, name, np.max(np.abs(x - y)))
 
 
+def module_state(tag, got, want):
+    """The module's state (COMPUTE, the statistics summed on the host in float64, then applied) vs
+    the library's fused STEP: bitwise where the device keeps float64 totals; float-pair devices
+    round the statistics through float64, so there within 1e-12 of the largest value."""
+    check_state(tag, got, want, rtol=1e-12)
+
+
 def expect_error(status, call, what):
     try:
         call()
@@ -235,6 +242,9 @@ def test_adapter_grad_matches_library_and_reference():
         xt = torch.from_numpy(x.copy()).requires_grad_(True)
         out = crit(xt, torch.from_numpy(y).long(), normalizer=torch.tensor(float(norm)))
         assert out.dtype == torch.float32 and out.dim() == 0
+        # the module's statistics come from the gradient backward brings (as the reference's hook):
+        # told the scale, it divides it out, and the state is the library's step's
+        crit.set_loss_scale(scale)
         (out * scale).backward()
         lib_l, lib_g = lib.step(x, y, normalizer=norm)
         ref_l, ref_g = ref.step(x, y, normalizer=norm)
@@ -243,7 +253,8 @@ def test_adapter_grad_matches_library_and_reference():
         bits_equal(tag + " grad vs library * scale", xt.grad.numpy(), (torch.from_numpy(lib_g) * scale).numpy())
         close_scalar(tag + " loss vs reference", float(out), ref_l, LOSS_RTOL)
         check_grad(tag + " grad vs reference", xt.grad.numpy(), ref_g * scale)
-        same_state(tag + " state vs library", crit.efl.read_state(), lib.read_state())
+        module_state(tag + " state vs library", crit.efl.read_state(), lib.read_state())
+    crit.set_loss_scale(1.0)
     # EFLFunction.apply with a loss object of one's own, sum reduction
     x, y = make_batch(rng, n, c)
     xt = torch.from_numpy(x).requires_grad_(True)
@@ -262,7 +273,9 @@ def test_adapter_grad_matches_library_and_reference():
     same_state("no_grad forward", crit.efl.read_state(), before)
     assert float(ev) == float(ev2) == lib.forward(x, y, normalizer=7)
     # wrong tensors
-    expect_value_error(lambda: crit(torch.from_numpy(x).double(), y), "float64 logits")
+    # float64 logits: computed in float32, returned in float64
+    ev64 = crit(torch.from_numpy(x).double(), y, normalizer=7)
+    assert ev64.dtype == torch.float64 and float(ev64) == float(ev)
     expect_value_error(lambda: crit(torch.from_numpy(x), torch.from_numpy(y).float()), "float labels")
     expect_value_error(lambda: crit(torch.from_numpy(x[:, :-1]), y), "C-1 columns")
 
@@ -280,8 +293,17 @@ def test_adapter_reduction_none():
         elems = crit(xt, y)
         assert elems.shape == (n, c) and elems.dtype == torch.float32
         (gx,) = torch.autograd.grad((elems * torch.from_numpy(W)).sum(), xt)
-        lib_e, lib_g = lib.step(x, y, reduction="none")
+        # elementwise weights: the module's statistics are those of the gradient W * g (the
+        # reference's hook), so the library's state follows compute() then accumulate(W * g)
+        lib_e, lib_g = lib.compute(x, y, reduction="none")
+        lib.accumulate((torch.from_numpy(W) * torch.from_numpy(lib_g)).numpy(), y)
+        before = ref.state()
         ref_l, ref_g = ref.step(x, y, reduction="sum")
+        # and the reference's hook would see W * its gradient: its update from that
+        t, valid = ref._targets(y)
+        a = (torch.from_numpy(W).double() * torch.from_numpy(ref_g)).abs() * valid
+        pos, neg = before[0] + (a * t).sum(0).numpy(), before[1] + (a * (1.0 - t)).sum(0).numpy()
+        ref.load_state(pos, neg, np.clip(pos / (neg + 1e-10), 0.0, 1.0))
         tag = "none step %d" % k
         bits_equal(tag + " elements vs library", elems.detach().numpy(), lib_e)
         bits_equal(tag + " grad vs W * library grad", gx.numpy(), (torch.from_numpy(W) * torch.from_numpy(lib_g)).numpy())
@@ -289,7 +311,8 @@ def test_adapter_reduction_none():
         check_grad(tag + " grad vs W * reference", gx.numpy(), W.astype(np.float64) * ref_g)
         ignored = y == -1
         assert np.all(elems.detach().numpy()[ignored] == 0) and np.all(gx.numpy()[ignored] == 0)
-        same_state(tag + " state", crit.efl.read_state(), lib.read_state())
+        module_state(tag + " state", crit.efl.read_state(), lib.read_state())
+        check_state(tag + " state vs reference", crit.efl.read_state(), ref.state())
 
 
 def test_adapter_half_types_and_levels():
@@ -308,13 +331,15 @@ def test_adapter_half_types_and_levels():
     # bfloat16 (np.uint16 bit patterns in the binding)
     xb = torch.from_numpy(x).bfloat16().requires_grad_(True)
     out = crit(xb, y, normalizer=num_pos(y))
+    crit.set_loss_scale(2.0)  # the statistics of the gradient over 2: the library's step's
     (out * 2.0).backward()
+    crit.set_loss_scale(1.0)
     lb, gb = lib.step(xb.detach().view(torch.int16).numpy().view(np.uint16), y, normalizer=num_pos(y),
                       dtype="bfloat16")
     assert xb.grad.dtype == torch.bfloat16 and float(out) == lb
     want = (torch.from_numpy(gb.view(np.int16)).view(torch.bfloat16).float() * 2.0).bfloat16()
     bits_equal("bfloat16 adapter grad", xb.grad.view(torch.int16).numpy(), want.view(torch.int16).numpy())
-    same_state("half types state", crit.efl.read_state(), lib.read_state())
+    module_state("half types state", crit.efl.read_state(), lib.read_state())
     # a non-contiguous tensor is made contiguous
     xt = torch.from_numpy(np.ascontiguousarray(x.T)).t().requires_grad_(True)
     assert not xt.is_contiguous()
@@ -326,7 +351,9 @@ def test_adapter_half_types_and_levels():
     X, Y = layout_batch(rng, B, A, c, hw)
     levels = [torch.from_numpy(a).requires_grad_(True) for a in to_levels(X, B, A, c, hw, "class")]
     out = crit(levels, torch.from_numpy(Y), normalizer=num_pos(Y), channel_order="class", anchors=A)
+    crit.set_loss_scale(0.5)
     (out * 0.5).backward()
+    crit.set_loss_scale(1.0)
     lv_l, lv_g = lib.step(levels=[t.detach().numpy() for t in levels], labels=Y, normalizer=num_pos(Y),
                           channel_order="class", anchors=A)
     assert float(out) == lv_l
@@ -338,11 +365,12 @@ def test_adapter_half_types_and_levels():
     assert isinstance(elems, tuple) and len(elems) == len(hw)
     Ws = [torch.rand(e.shape) for e in elems]
     grads = torch.autograd.grad(sum((e * w).sum() for e, w in zip(elems, Ws)), levels)
-    lv_e, lv_g = lib.step(levels=[t.detach().numpy() for t in levels], labels=Y, reduction="none")
+    lv_e, lv_g = lib.compute(levels=[t.detach().numpy() for t in levels], labels=Y, reduction="none")
+    lib.accumulate(levels=[(w * torch.from_numpy(g)).numpy() for w, g in zip(Ws, lv_g)], labels=Y)
     for i in range(len(hw)):
         bits_equal("level %d elements" % i, elems[i].detach().numpy(), lv_e[i])
         bits_equal("level %d none grad" % i, grads[i].numpy(), (Ws[i] * torch.from_numpy(lv_g[i])).numpy())
-    same_state("levels adapter state", crit.efl.read_state(), lib.read_state())
+    module_state("levels adapter state", crit.efl.read_state(), lib.read_state())
 
 
 def test_module_state_dict_and_lazy_import():
