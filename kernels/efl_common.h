@@ -250,10 +250,9 @@ static inline floatV efl_exp_neg_product(floatV g_hi, floatV g_lo, floatV a, flo
     const floatV hi = g_hi * a;
 #if EFL_FMA
     const floatV lo = fma(g_hi, a, -hi) + (g_lo * a + g_hi * a_lo);
-    /* a logit near FLT_MAX makes hi infinite and lo -Inf or NaN (never +Inf), and 0 * Inf is
-     * NaN. The floor keeps the product finite; it never touches a correction that matters:
-     * where exp(-hi) is not 0 (hi <= 37), |lo| is below 1e-5. */
-    return efl_exp_nonpos(-hi) * (1.0f - fmax(lo, -1.0f));
+    /* a logit near FLT_MAX makes hi infinite and lo -Inf or NaN, and 0 * Inf is NaN: past
+     * e^-37 the result is 0 anyway (a select: measured cheaper than an IEEE fmax floor on lo) */
+    return (hi <= 37.0f) ? efl_exp_nonpos(-hi) * (1.0f - lo) : 0.0f;
 #else
     return efl_exp_nonpos(-hi);
 #endif
