@@ -135,7 +135,7 @@ else
     fi
     if [ -z "$LOADER" ]; then
         SRC=${KHRONOS_ICD_LOADER_SRC:-}
-        for d in "$SRC" "$REPO/../OpenCL-ICD-Loader" "$REPO/../shared/OpenCL-ICD-Loader" /usr/src/OpenCL-ICD-Loader; do
+        for d in "$SRC" "$REPO/../OpenCL-ICD-Loader" /usr/src/OpenCL-ICD-Loader; do
             if [ -n "$d" ] && [ -f "$d/CMakeLists.txt" ]; then
                 SRC=$d
                 break

@@ -1,6 +1,6 @@
 /*
  * Last stage of a step (compiled after efl_common.h), one work-group: the loss total over columns
- * (fixed tree order), then, unless the step is refused, the state update of SPEC "Gradient
+ * (fixed tree order), then, unless the step is refused, the state update of docs/semantics.md "Gradient
  * accumulation" and the next step's per-class (gamma_j, w_j) table. A step is refused for an
  * invalid label (flagged by efl_step), a non-finite value in a valid row, or a result beyond its
  * type (a stored gradient or element loss, flagged by efl_step; the loss total; the statistics;
@@ -17,7 +17,7 @@
  * (pos_w, neg_w). The modes (EFL_APPLY_*) and flags are efl_protocol.h's, shared with the host.
  */
 #if EFL_MODE != EFL_MODE_FOCAL
-/* Column j's state after the update (SPEC "Gradient accumulation"), not yet written. No restrict
+/* Column j's state after the update (docs/semantics.md "Gradient accumulation"), not yet written. No restrict
  * on a helper's pointers: inlined, they become noalias scope intrinsics that Oclgrind 21.10
  * cannot run. */
 static inline void efl_updated(__global const acc_t *state, __global const acc_t *step_stats, uint C, uint cpad,

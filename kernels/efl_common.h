@@ -276,7 +276,7 @@ static inline void efl_sigmoid_parts(floatV z, floatV *p_t, floatV *q, floatV *s
     *q = (z >= 0.0f) ? er : r;
 }
 
-/* The focal / EFL term of one element, unscaled (SPEC "Forward" and "Backward"):
+/* The focal / EFL term of one element, unscaled (docs/semantics.md "Forward" and "Backward"):
  *   l  = aw q^gamma softplus(-z),  dl/dx = -(2t - 1) aw q^gamma (q + gamma p_t softplus(-z))
  * with q^gamma = exp(-gamma softplus(z)); aw = alpha_t * w_j; gamma = gamma_hi + gamma_lo. */
 static inline void efl_focal_term(floatV x, intV is_pos, floatV gamma_hi, floatV gamma_lo, floatV aw, floatV *loss,
@@ -297,7 +297,7 @@ static inline void efl_focal_term(floatV x, intV is_pos, floatV gamma_hi, floatV
     *grad = is_pos ? -d : d;
 }
 
-/* The EQLv2 term (SPEC "Related modes"): weighted binary cross-entropy, unscaled.
+/* The EQLv2 term (docs/semantics.md "Related modes"): weighted binary cross-entropy, unscaled.
  *   l = wt softplus(-z),  dl/dx = wt (sigmoid(x) - t) = -(2t - 1) wt q */
 static inline void efl_bce_term(floatV x, intV is_pos, floatV wt, floatV *loss, floatV *grad)
 {
@@ -319,7 +319,7 @@ static inline void efl_kahan_add(floatV *sum, floatV *comp, floatV v)
     *sum = t;
 }
 
-/* Per-class focusing and weighting factors from g (SPEC "Forward"). */
+/* Per-class focusing and weighting factors from g (docs/semantics.md "Forward"). */
 #define EFL_GAMMA_J(gamma_b, s, g) ((gamma_b) + (s) * (1 - (g)))
 
 /* ------------------------------------------------------------ accumulators */
@@ -417,7 +417,7 @@ static inline float2 efl_gamma_j(float gamma_b, float s, acc_t g)
 #endif
 
 
-/* EQLv2's per-class weights from g (SPEC "Related modes"): (pos_w, neg_w) with
+/* EQLv2's per-class weights from g (docs/semantics.md "Related modes"): (pos_w, neg_w) with
  * neg_w = sigmoid(gamma (g - mu)), pos_w = 1 + alpha (1 - neg_w); exp overflowing to Inf for a
  * very negative argument gives neg_w = 0, as it should. */
 static inline float2 efl_eqlv2_weights(float gamma, float mu, float alpha, acc_t g)

@@ -1,5 +1,5 @@
 /*
- * The label rule (SPEC "Inputs"), shared word for word by the kernels (compiled first, before
+ * The label rule (docs/semantics.md "Inputs"), shared word for word by the kernels (compiled first, before
  * efl_common.h) and the host (lib/host.c checks labels before a zero-copy step). Plain C99 that
  * is also OpenCL C.
  */

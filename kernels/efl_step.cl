@@ -92,7 +92,7 @@ void efl_step(__global const efl_store_t *restrict x, __global const int *restri
             } else {
 #if EFL_MODE == EFL_MODE_EQLV2
                 efl_bce_term(xv, is_pos, is_pos ? t0 : t1, &l, &g);
-                /* EQLv2's statistics leave out the reduction's scale (SPEC) */
+                /* EQLv2's statistics leave out the reduction's scale (docs/semantics.md) */
                 stat = (valid != 0.0f) ? g : 0.0f;
 #else
 #if EFL_VW > 1

@@ -6,7 +6,7 @@
  *
  * The proof bounds every result the device checks (kernels/efl_apply.cl, efl_step*.cl) from
  * above, from the configuration, the scale, the largest logit and the largest total. Per element
- * (SPEC "Backward"), with aw = alpha_t w_j, q = 1 - p_t in [0, 1], p_t log(1/p_t) <= 1/e:
+ * (docs/semantics.md "Backward"), with aw = alpha_t w_j, q = 1 - p_t in [0, 1], p_t log(1/p_t) <= 1/e:
  *   |grad| <= scale aw (1 + gamma_j / e),   loss <= aw (|x| + log 2)            (EFL, focal)
  *   |grad| <= scale wt,                     loss <= wt (|x| + log 2)            (EQLv2)
  * and gamma_j <= gamma_b + s, w_j <= (gamma_b + s) / gamma_b because g stays in [0, 1]; EQLv2's

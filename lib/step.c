@@ -397,7 +397,7 @@ efl_status efl_enqueue_batch(efl_loss *loss, cl_command_queue queue, efl_op op, 
             return efl_cl_fail(loss->ctx, err);
     }
     {
-        /* n == 0 is still an update (SPEC): g is recomputed from the unchanged totals. The data
+        /* n == 0 is still an update (docs/semantics.md): g is recomputed from the unchanged totals. The data
          * parallel ops hold theirs back: it comes with the ranks' sums. */
         const cl_int mode = op == EFL_OP_FORWARD                            ? EFL_APPLY_FORWARD
                             : op == EFL_OP_COMPUTE || op == EFL_OP_COLLECT ? EFL_APPLY_HOLD

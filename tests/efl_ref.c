@@ -1,5 +1,5 @@
-/* float64 reference for EFL; see efl_ref.h. Formulas are SPEC.md's, evaluated in forms that
- * stay finite for any finite logit (|x| up to 1e4 and beyond). */
+/* float64 reference for EFL; see efl_ref.h. Formulas are those of docs/semantics.md, evaluated in
+ * forms that stay finite for any finite logit (|x| up to 1e4 and beyond). */
 #include "efl_ref.h"
 
 #include <math.h>
@@ -59,7 +59,7 @@ void efl_ref_element(double x, int t, double gamma_j, double w_j, double alpha, 
     double q_gamma = exp(gamma_j * log_q); /* q^gamma_j; exactly 0 once it underflows */
     double alpha_t = alpha < 0.0 ? 1.0 : (t ? alpha : 1.0 - alpha);
     *l = -alpha_t * w_j * q_gamma * log_pt;
-    /* SPEC "Backward": - alpha_t w_j (2t - 1) q^gamma_j (q - gamma_j p_t log p_t). Both terms in
+    /* docs/semantics.md "Backward": - alpha_t w_j (2t - 1) q^gamma_j (q - gamma_j p_t log p_t). Both terms in
      * the bracket are >= 0, so no cancellation. */
     *dl = -alpha_t * w_j * (t ? 1.0 : -1.0) * q_gamma * (q - gamma_j * pt * log_pt);
 }
@@ -134,13 +134,13 @@ int efl_ref_state_init_mode(efl_ref_state *st, uint32_t num_classes, efl_ref_mod
 {
     if (!efl_ref_state_init(st, num_classes))
         return 0;
-    if (mode == EFL_REF_MODE_EQLV2) /* SPEC: "g initialised to 100 (both weights about 1)" */
+    if (mode == EFL_REF_MODE_EQLV2) /* docs/semantics.md: "g starts at 100 (both weights about 1)" */
         for (uint32_t j = 0; j < num_classes; ++j)
             st->g[j] = 100.0;
     return 1;
 }
 
-/* EQLv2's per-class weights from g (SPEC "Related modes"). */
+/* EQLv2's per-class weights from g (docs/semantics.md "Related modes"). */
 static void eqlv2_weights(const efl_ref_params *p, double g, double *pos_w, double *neg_w)
 {
     *neg_w = sigmoid(p->gamma * (g - p->mu));

@@ -1,5 +1,5 @@
 /*
- * Independent float64 CPU reference for Equalized Focal Loss, written from SPEC.md
+ * Independent float64 CPU reference for Equalized Focal Loss, written from docs/semantics.md
  * ("Forward", "Backward", "Gradient accumulation"), not from the library's kernels.
  * It deliberately does not include efl.h so that it cannot share a mistake with it.
  */
@@ -13,7 +13,7 @@
  * sum, i.e. scaled by loss_weight as for SUM. */
 typedef enum { EFL_REF_MEAN = 0, EFL_REF_SUM = 1, EFL_REF_NONE = 2 } efl_ref_reduction;
 
-/* SPEC "Related modes". */
+/* docs/semantics.md "Related modes". */
 typedef enum {
     EFL_REF_MODE_EFL = 0,   /* Equalized Focal Loss */
     EFL_REF_MODE_FOCAL = 1, /* gamma_j = gamma_b, w_j = 1 for every class; no state */

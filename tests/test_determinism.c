@@ -1,5 +1,5 @@
 /*
- * Determinism (SPEC: "the same inputs on the same device give bitwise the same loss,
+ * Determinism (docs/semantics.md: "the same inputs on the same device give bitwise the same loss,
  * gradient and state": no float atomics). A size with many row blocks, so that any
  * order-dependent reduction would show.
  */

@@ -105,8 +105,8 @@ static void test_all_ignored(void)
     fx_random(&f, 21, 0.1);
     for (size_t i = 0; i < f.n; ++i)
         f.y[i] = -1;
-    /* From a written state: P = N = 0, so pos/neg stay and g is recomputed from them (SPEC's
-     * update is unconditional); loss and gradient are exactly 0. */
+    /* From a written state: P = N = 0, so pos/neg stay and g is recomputed from them (the update
+     * of docs/semantics.md is unconditional); loss and gradient are exactly 0. */
     fx_set_state(&f, 22);
     efl_ref_state before;
     efl_ref_state_init(&before, f.C);

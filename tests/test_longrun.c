@@ -1,9 +1,9 @@
 /*
- * 10,000 accumulation steps from caller gradients (SPEC "Accumulators"): the device's running
- * totals and g against a float64 replay of the recursion, to 1e-6 relative, for float64
- * totals and for compensated float pairs (EFL_ACCUMULATE_FLOAT_PAIRS, so both are tested on one
- * device). The same sequence replayed with float32 totals drifts beyond 1e-6: that is checked
- * too, so this test could fail.
+ * 10,000 accumulation steps from caller gradients (docs/semantics.md, "Where efl does better
+ * than the reference": accumulators): the device's running totals and g against a float64
+ * replay of the recursion, to 1e-6 relative, for float64 totals and for compensated float
+ * pairs (EFL_ACCUMULATE_FLOAT_PAIRS, so both are tested on one device). The same sequence
+ * replayed with float32 totals drifts beyond 1e-6: that is checked too, so this test could fail.
  *
  * The gradients are AMP-like: each step divides out a loss scale that grows from 1 to 2^12
  * over the run (as a real scale grows while training is stable), so late increments are 4096
@@ -73,7 +73,7 @@ static void run(efl_accumulate acc, const char *name)
             CHECK_STATUS(efl_loss_query_status(loss, E.queue), EFL_ERROR_NONFINITE);
             continue;
         }
-        /* the replay: SPEC's P_j and N_j over valid rows, in float64, and the same added in float32 */
+        /* the replay: P_j and N_j of docs/semantics.md over valid rows, in float64, and the same added in float32 */
         double P[C] = {0}, Nn[C] = {0};
         for (int i = 0; i < N; ++i) {
             int32_t col;

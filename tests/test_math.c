@@ -9,7 +9,7 @@
  *     (measured 1.3e-6 near x = 0 at gamma 10, where log1p's 2.7 ulp enter the exponent
  *     gamma * softplus(z) ~ 7 times; the product itself is carried in two floats, without
  *     which the error grows to |gamma * x| * 2^-24, 1.8e-5 at gamma 10, x 30: devices without
- *     hardware fma get that SPEC-level 1e-5 bound)
+ *     hardware fma get that 1e-5 bound of docs/semantics.md)
  * The kernel sources are read from the source tree: this test checks the code, not the
  * library's embedding of it.
  */
@@ -138,7 +138,7 @@ static void run_width(int vw, int fma)
             (void)CHECK_MSG(0, "exp_nonpos(%g) = %g, not flushed", a[i], out[4 * i]);
         const double lb = log1p((double)b[i]);
         worst_log = fmax(worst_log, fabs(out[4 * i + 1] - lb) / lb);
-        /* SPEC's formulas in double, in stable form */
+        /* the formulas of docs/semantics.md in double, in stable form */
         const double z = pos[i] ? x[i] : -(double)x[i], g = gam[i];
         const double lg = log1p(exp(-fabs(z)));
         const double sp_neg = fmax(-z, 0.0) + lg, sp_pos = fmax(z, 0.0) + lg;
@@ -166,7 +166,7 @@ static void run_width(int vw, int fma)
            pos[worst_grad_at] ? "positive" : "negative");
     CHECK_MSG(worst_exp <= 4 * ulp, "exp_nonpos: %.2f ulp", worst_exp / ulp);
     CHECK_MSG(worst_log <= 4 * ulp, "log1p_unit: %.2f ulp", worst_log / ulp);
-    /* without hardware fma the exponent's product is not compensated: the SPEC bound */
+    /* without hardware fma the exponent's product is not compensated: the bound of docs/semantics.md */
     const double focal_bound = fma ? 2e-6 : 1e-5;
     CHECK_MSG(worst_loss <= focal_bound, "focal loss: %.3g relative", worst_loss);
     CHECK_MSG(worst_grad <= focal_bound, "focal grad: %.3g relative", worst_grad);

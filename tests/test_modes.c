@@ -1,7 +1,7 @@
 /*
- * The loss families (SPEC "Related modes"), EFL_REDUCTION_NONE, a normalizer read on the device,
+ * The loss families (docs/semantics.md "Related modes"), EFL_REDUCTION_NONE, a normalizer read on the device,
  * and efl_enqueue_batch's checks, each against the float64 reference (efl_ref.c, written from
- * SPEC.md) over several steps in which the state evolves:
+ * docs/semantics.md) over several steps in which the state evolves:
  *  - EQLv2: weighted BCE, state from g = 100, statistics |sigmoid(x) - t| * w unscaled,
  *    g = pos / (neg + 1e-10) unclamped; loss (mean over the rows, and sum), gradient, state;
  *  - focal loss: EFL with s = 0, no state (the state calls are refused), no drift;

@@ -13,7 +13,7 @@
  *  - loss: a float32 reduction of positive terms (no cancellation): 1e-5 relative.
  *  - state: float64 accumulators of float32 gradients; sums of many elements average the
  *    per-element rounding, and the per-class gamma_j drifts only through g: 1e-6 relative
- *    (SPEC: "g matches a float64 replay of the recursion to about 1e-6").
+ *    (docs/semantics.md: "g matches a float64 replay of the recursion to about 1e-6").
  * Additionally each step's state change is checked against a float64 replay of the device's
  * own gradient, which isolates the accumulator precision from the float32 gradient error.
  */

@@ -1,7 +1,7 @@
 /*
  * efl: Equalized Focal Loss on OpenCL.
  *
- * The whole public API. Semantics: SPEC.md (forward, backward and the gradient-guided
+ * The whole public API. Semantics: docs/semantics.md (forward, backward and the gradient-guided
  * per-class statistics of "Equalized Focal Loss for Dense Long-Tailed Object Detection").
  *
  * Thread safety
@@ -201,7 +201,7 @@ typedef enum {
                                (ignored rows 0); the gradient is that of the elements' sum */
 } efl_reduction;
 
-/* The loss family (SPEC "Related modes"). */
+/* The loss family (docs/semantics.md "Related modes"). */
 typedef enum {
     EFL_MODE_EFL = 0,   /* Equalized Focal Loss (the default) */
     EFL_MODE_FOCAL = 1, /* focal loss: gamma_b and alpha for every class; keeps no state */
@@ -284,7 +284,7 @@ EFL_API efl_status efl_enqueue_forward_typed(efl_loss *loss, cl_command_queue qu
                                              cl_mem loss_out, cl_uint num_events_in_wait_list,
                                              const cl_event *event_wait_list, cl_event *event);
 
-/* Gradient accumulation from a gradient G [n, C] the caller computed (SPEC: a framework's own
+/* Gradient accumulation from a gradient G [n, C] the caller computed (docs/semantics.md: a framework's own
  * backward, possibly scaled, e.g. by an AMP loss scale): P_j and N_j are the sums of
  * |G| / grad_scale over valid rows, then the state update. grad_scale > 0 and finite (1 for an
  * unscaled gradient). A G holding Inf or NaN in a valid row (an AMP overflow step) is skipped
@@ -351,7 +351,7 @@ EFL_API efl_status efl_enqueue_batch(efl_loss *loss, cl_command_queue queue, efl
                                      cl_event *event);
 
 /* ---------------------------------------------------------- data parallel */
-/* SPEC "Gradient accumulation": in data-parallel training P and N are summed over all ranks
+/* docs/semantics.md "Gradient accumulation": in data-parallel training P and N are summed over all ranks
  * before the update. The protocol, on each rank's queue:
  *   1. efl_enqueue_batch(loss, queue, EFL_OP_COMPUTE, ...) (or EFL_OP_COLLECT with a gradient of
  *      your own): loss and gradient as for a step, and this step's per-class statistics; the

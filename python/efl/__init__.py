@@ -27,7 +27,7 @@ substring of "platform / device"), else the first GPU, else the first CPU device
 One default context is shared by every loss of the process; it is created on first
 use and destroyed at exit.
 
-Semantics: SPEC.md. Labels use the reference convention by default (0 = background,
+Semantics: docs/semantics.md. Labels use the reference convention by default (0 = background,
 k in 1..C = column k-1, ignore_index = ignored row); labels="zero_based" selects
 k in 0..C-1 = column k, C = background.
 """

@@ -7,7 +7,7 @@ cannot keep that raises efl.EflError with a specific status (ERROR_OVERFLOW for 
 its type) and changes nothing: the state stays bit for bit, caller-supplied output arrays keep
 their contents, and a step the device refused is counted in skipped_steps.
 
-Expectations come from a float64 numpy reference written here (SPEC's forward, backward,
+Expectations come from a float64 numpy reference written here (the forward, backward,
 statistics and update), never from the library: each result is compared with its type's limit
 (float32 for the loss total and the statistics, the storage type for the gradient and the
 per-element loss, float64 or float pairs - max FLT_MAX - for the state totals). Beyond it by more

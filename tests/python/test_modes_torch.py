@@ -4,7 +4,7 @@
 Run:  EFL_LIBRARY=build/libefl.so PYTHONPATH=python /usr/bin/python3 tests/python/test_modes_torch.py [name...]
 Exit: 0 all passed, 1 a test failed, 77 skipped (no torch, or no OpenCL device).
 
-- EQLv2: a float64 PyTorch autograd implementation written from SPEC "Related modes" (weights
+- EQLv2: a float64 PyTorch autograd implementation written from docs/semantics.md "Related modes" (weights
   detached, weighted binary cross-entropy, sum / normalizer (the number of rows), statistics
   |sigmoid(x) - t| * weight, g = pos / (neg + 1e-10) unclamped, from 100), over consecutive
   steps, each side evolving its own state.
@@ -47,7 +47,7 @@ f32 = lambda v: float(np.float32(v))  # the library takes float32 parameters
 
 # ------------------------------------------------------------------ references
 class ReferenceEQLv2:
-    """SPEC "Related modes", EQLv2, in float64 torch: forward by torch ops, backward by autograd."""
+    """docs/semantics.md "Related modes", EQLv2, in float64 torch: forward by torch ops, backward by autograd."""
 
     def __init__(self, num_classes, gamma=12.0, mu=0.8, alpha=4.0, loss_weight=1.0, ignore_index=-1):
         self.C = num_classes

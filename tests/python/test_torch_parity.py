@@ -1,12 +1,12 @@
 #!/usr/bin/python3
-"""Parity of the efl Python binding with a float64 PyTorch autograd reference of SPEC.md.
+"""Parity of the efl Python binding with a float64 PyTorch autograd reference of docs/semantics.md.
 
 Run:  EFL_LIBRARY=build/libefl.so PYTHONPATH=python /usr/bin/python3 tests/python/test_torch_parity.py
 Exit: 0 all passed, 1 a test failed, 77 skipped (no torch, or no OpenCL device).
 
-The reference is written from SPEC.md with torch ops in float64 (loss from log-sigmoid
+The reference is written from docs/semantics.md with torch ops in float64 (loss from log-sigmoid
 and sigmoid of the signed logit, gradient from autograd), then the per-class gradient
-accumulation of SPEC "Gradient accumulation" with that autograd gradient. Library and
+accumulation of docs/semantics.md "Gradient accumulation" with that autograd gradient. Library and
 reference each evolve their own state over consecutive steps.
 """
 
@@ -40,7 +40,7 @@ REPLAY_RTOL = 2.5e-7
 
 # ------------------------------------------------------------------ reference
 class ReferenceEFL:
-    """SPEC.md in float64 torch: forward by torch ops, backward by autograd."""
+    """docs/semantics.md in float64 torch: forward by torch ops, backward by autograd."""
 
     def __init__(self, num_classes, gamma=2.0, alpha=0.25, scale_factor=8.0, ignore_index=-1, loss_weight=1.0):
         f32 = lambda v: float(np.float32(v))  # the library takes float32 parameters
@@ -189,8 +189,8 @@ def check_state(tag, loss, ref, replay=None):
     """The library's state against
       - the reference's own state (accumulated from its float64 autograd gradients):
         STATE_RTOL_VS_REF relative plus 1e-12 of the array's largest value;
-      - with `replay`, a float64 replay of the SPEC recursion over the gradients the library
-        returned (the accumulator requirement of SPEC, "to about 1e-6 relative"): REPLAY_RTOL.
+      - with `replay`, a float64 replay of the docs/semantics.md recursion over the gradients the library
+        returned (the accumulator requirement of docs/semantics.md, "to about 1e-6 relative"): REPLAY_RTOL.
     Why the first is 2e-6 and not 1e-6: a class's statistic can be one element (one positive
     row of a rare class), so it inherits that element's float32 error: a product of about six
     rounded factors (at most 7 ulp, 4.3e-7, measured at gamma 2), plus, from the second step
@@ -210,7 +210,7 @@ def check_state(tag, loss, ref, replay=None):
 
 
 class Replay:
-    """SPEC "Gradient accumulation" in float64 numpy over the library's returned gradients."""
+    """docs/semantics.md "Gradient accumulation" in float64 numpy over the library's returned gradients."""
 
     def __init__(self, c, ignore_index=-1):
         self.c, self.ignore_index = c, ignore_index
@@ -512,7 +512,7 @@ def test_module_surface():
 
 
 def test_reference_self_check():
-    """The reference itself: autograd agrees with SPEC's closed-form derivative, and
+    """The reference itself: autograd agrees with the closed-form derivative of docs/semantics.md, and
     g = 1 with s = 0 is plain sigmoid focal loss (no library involved)."""
     rng = np.random.default_rng(11)
     c, n = 12, 300
