@@ -302,20 +302,17 @@ static cl_mem host_input(efl_loss *loss, const void *ptr, size_t bytes, cl_int *
 /* efl_loss_run_host: buffers made for this call. Outputs are device buffers read back only once
  * the device has accepted the batch, so a refused one leaves the caller's arrays as they were;
  * or, where the device shares host memory and the batch cannot be refused
- * (efl_host_step_cannot_be_refused), the caller's arrays themselves (`direct`). */
+ * (efl_host_step_cannot_be_refused), the caller's arrays themselves (host_output). */
 typedef struct {
     cl_mem in[EFL_MAX_LEVELS], grad[EFL_MAX_LEVELS], elems[EFL_MAX_LEVELS], labels, loss;
-    int direct;
 } host_buffers;
 
 static void release_host_buffers(host_buffers *hb)
 {
-    cl_mem *all[] = {hb->in, hb->grad, hb->elems, &hb->labels, &hb->loss};
-    const size_t count[] = {EFL_MAX_LEVELS, EFL_MAX_LEVELS, EFL_MAX_LEVELS, 1, 1};
-    for (size_t k = 0; k < sizeof all / sizeof all[0]; ++k)
-        for (size_t i = 0; i < count[k]; ++i)
-            if (all[k][i])
-                clReleaseMemObject(all[k][i]);
+    cl_mem *all = (cl_mem *)hb;
+    for (size_t i = 0; i < sizeof *hb / sizeof(cl_mem); ++i)
+        if (all[i])
+            clReleaseMemObject(all[i]);
 }
 
 /* An output buffer of elements' bytes: the caller's array where the batch goes direct, else
@@ -399,7 +396,7 @@ efl_status efl_loss_run_host(efl_loss *loss, efl_op op, const efl_host_batch *b)
     cl_context cx = loss->ctx->context;
     cl_int err = CL_SUCCESS;
     const int writes = efl_op_writes_grad(op) || elementwise;
-    hb.direct = writes && rows > 0 && zero_copy_possible(loss) && labels_valid(loss, b->labels, rows) &&
+    const int direct = writes && rows > 0 && zero_copy_possible(loss) && labels_valid(loss, b->labels, rows) &&
                 efl_host_step_cannot_be_refused(loss, loss->host_queue, b->dtype, b->input, elems, levels, rows,
                                                 b->normalizer, b->reduction);
     if (rows > 0)
@@ -407,9 +404,9 @@ efl_status efl_loss_run_host(efl_loss *loss, efl_op op, const efl_host_batch *b)
     for (uint32_t l = 0; l < levels && rows > 0 && err == CL_SUCCESS; ++l) {
         hb.in[l] = host_input(loss, b->input[l], elems[l] * esize, &err);
         if (efl_op_writes_grad(op) && err == CL_SUCCESS)
-            hb.grad[l] = host_output(loss, hb.direct, b->grad[l], elems[l] * esize, &err);
+            hb.grad[l] = host_output(loss, direct, b->grad[l], elems[l] * esize, &err);
         if (elementwise && err == CL_SUCCESS)
-            hb.elems[l] = host_output(loss, hb.direct, b->loss_elems[l], elems[l] * esize, &err);
+            hb.elems[l] = host_output(loss, direct, b->loss_elems[l], elems[l] * esize, &err);
     }
     if (err == CL_SUCCESS)
         hb.loss = clCreateBuffer(cx, CL_MEM_READ_WRITE, sizeof(float), NULL, &err);

@@ -156,9 +156,8 @@ int efl_host_step_cannot_be_refused(efl_loss *loss, cl_command_queue queue, efl_
         weight = 1.0 + fabs((double)cfg->alpha);
         grad = weight;
     } else {
-        const double gamma = (double)cfg->gamma + (cfg->mode == EFL_MODE_EFL ? (double)cfg->scale_factor : 0.0);
-        const double alpha = cfg->alpha >= 0.0f ? fmax(fabs((double)cfg->alpha), fabs(1.0 - (double)cfg->alpha)) : 1.0;
-        weight = alpha * gamma / (double)cfg->gamma;
+        const double gamma = efl_largest_gamma_j(cfg);
+        weight = efl_largest_alpha_t(cfg) * gamma / (double)cfg->gamma;
         grad = weight * (1.0 + gamma / 2.718281828459045); /* p_t log(1/p_t) <= 1/e */
     }
     const double elem = weight * (xmax + 1.0), margin = 4.0;

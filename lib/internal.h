@@ -66,6 +66,11 @@ void efl_log_locked(efl_context *ctx, const char *fmt, ...);
 efl_status efl_program_get(efl_context *ctx, const efl_kernel_params *kp, cl_program *out);
 void efl_program_cache_release(efl_context *ctx);
 
+/* loss.c: the largest focusing factor (gamma_j at g = 0: gamma_b + s in EFL mode, gamma_b
+ * otherwise) and the largest alpha_t (1 with alpha weighting off), which bound every element's
+ * weight: the configuration's checks and the host step's proof (host_precheck.c) use them. */
+double efl_largest_gamma_j(const efl_loss_config *cfg);
+double efl_largest_alpha_t(const efl_loss_config *cfg);
 /* loss.c: the configuration's checks (also the config fuzzer's target). */
 efl_status efl_check_config(const efl_loss_config *cfg);
 /* loss.c: the step kernel for a storage type and layout kind, compiled on first use. */

@@ -47,6 +47,17 @@ size_t efl_dtype_size(efl_dtype dtype)
     return 0;
 }
 
+double efl_largest_gamma_j(const efl_loss_config *cfg)
+{
+    return (double)cfg->gamma + (cfg->mode == EFL_MODE_EFL ? (double)cfg->scale_factor : 0.0);
+}
+
+double efl_largest_alpha_t(const efl_loss_config *cfg)
+{
+    const double a = cfg->alpha;
+    return a >= 0.0 ? fmax(fabs(a), fabs(1.0 - a)) : 1.0;
+}
+
 efl_status efl_check_config(const efl_loss_config *cfg)
 {
     if (cfg->num_classes == 0 || cfg->num_classes > EFL_MAX_CLASSES)
@@ -67,9 +78,9 @@ efl_status efl_check_config(const efl_loss_config *cfg)
     /* EFL's factors at their largest (g = 0): gamma_j = gamma_b + s, w_j = gamma_j / gamma_b and
      * the element weight alpha_t w_j must be floats, with room for the float-pair rounding of the
      * table (an infinite weight times a q^gamma of 0 would be NaN where the loss is 0) */
-    const double gamma_max = (double)cfg->gamma + (double)cfg->scale_factor, w_max = gamma_max / cfg->gamma;
-    const double alpha_t = cfg->alpha >= 0.0f ? fmax(fabs((double)cfg->alpha), fabs(1.0 - (double)cfg->alpha)) : 1.0;
-    if (cfg->mode == EFL_MODE_EFL && (gamma_max > 0.5 * FLT_MAX || w_max * fmax(alpha_t, 1.0) > 0.5 * FLT_MAX))
+    const double gamma_max = efl_largest_gamma_j(cfg), w_max = gamma_max / cfg->gamma;
+    if (cfg->mode == EFL_MODE_EFL &&
+        (gamma_max > 0.5 * FLT_MAX || w_max * fmax(efl_largest_alpha_t(cfg), 1.0) > 0.5 * FLT_MAX))
         return EFL_ERROR_INVALID_PARAMETER;
     /* Both conventions use 0..C as labels; an ignore_index among them would be ambiguous. */
     if (cfg->ignore_index >= 0 && (uint32_t)cfg->ignore_index <= cfg->num_classes)

@@ -97,8 +97,8 @@ static efl_status read_totals(efl_loss *loss, cl_command_queue queue, double *co
 }
 
 /* Array k's value: finite, >= 0, within what the accumulators hold (below FLT_MAX for float
- * pairs, as efl_apply keeps them), and for EFL's pos_neg (k = 2) within [0, 1], the range the update keeps it in: a larger
- * g would make gamma_j < gamma_b and the loss negative or zero. */
+ * pairs, as efl_apply keeps them), and for EFL's pos_neg (k = 2) within [0, 1], the range the
+ * update keeps it in: a larger g would make gamma_j < gamma_b and the loss negative or zero. */
 static int total_ok(const efl_loss *loss, size_t k, double v)
 {
     const int in_range = isfinite(v) && v >= 0.0 && (loss->kp.fp64 || v < FLT_MAX);
