@@ -19,6 +19,7 @@ case "$what" in bench|test|build) ;; *) echo "usage: $0 bench|test|build" >&2; e
 packages=(cmake make gcc libc6-dev pkg-config clang-14 libclang-rt-14-dev
           ocl-icd-opencl-dev opencl-c-headers clinfo
           pocl-opencl-icd mesa-opencl-icd oclgrind valgrind
+          libclblast-dev openmpi-bin libopenmpi-dev
           python3 python3-numpy python3-torch)
 missing=()
 for p in "${packages[@]}"; do
