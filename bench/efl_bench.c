@@ -52,13 +52,14 @@ static const size_t dtype_bytes[] = {4, 2, 2};
 #define NUM_NAMED (sizeof named_cases / sizeof named_cases[0])
 static const size_t sweep_n[] = {1000, 3000, 10000, 30000, 100000, 200000, 400000};
 #define NUM_SWEEP (sizeof sweep_n / sizeof sweep_n[0])
+#define MAX_SWEEP 16 /* points --sweep may give */
 #define SWEEP_C 1203
-#define MAX_CASES (NUM_NAMED + NUM_SWEEP)
+#define MAX_CASES (NUM_NAMED + MAX_SWEEP)
 #define MAX_ROWS (2 * MAX_CASES)
 
 typedef struct {
     const char *op; /* "step" or "forward" */
-    const char *label;
+    const char *label; /* the case's name, as printed and as --cases takes it ("sweep" for each sweep point) */
     const char *dtype; /* "f32", "f16", "bf16" */
     size_t n, n_wanted;
     uint32_t c;
@@ -86,10 +87,11 @@ typedef struct {
     double min_time;
     int force_wall; /* --wall */
     int tune;       /* --tune */
+    int no_helpers; /* --no-helpers: no efl-native-loop, no efl-train-head */
     char native_path[1024]; /* efl-native-loop beside this program, "" if absent */
     char train_head_path[1024]; /* efl-train-head in the build folder above this one, "" if absent */
     case_def cases[MAX_CASES];
-    char sweep_names[NUM_SWEEP][32];
+    size_t sweep[MAX_SWEEP], nsweep; /* --sweep: the sweep's N values (0 of them: sweep_n) */
     size_t ncases;
 } options;
 
@@ -824,9 +826,12 @@ static int write_json(const char *path, const device_result *d, size_t nd)
         for (size_t r = 0; r < d[i].nrows; ++r) {
             const result_row *w = &d[i].rows[r];
             fprintf(f,
-                    "%s\n  {\"op\":\"%s\",\"n\":%zu,\"c\":%u,\"dtype\":\"%s\",\"median_s\":%.6g,\"gbps\":%.6g,"
+                    "%s\n  {\"case\":", r ? "," : "");
+            json_string(f, w->label);
+            fprintf(f,
+                    ",\"op\":\"%s\",\"n\":%zu,\"c\":%u,\"dtype\":\"%s\",\"median_s\":%.6g,\"gbps\":%.6g,"
                     "\"fraction_of_copy\":%.6g,\"gelem_s\":%.6g}",
-                    r ? "," : "", w->op, w->n, w->c, w->dtype, w->median_s, w->gbps, w->fraction_of_copy, w->gelem_s);
+                    w->op, w->n, w->c, w->dtype, w->median_s, w->gbps, w->fraction_of_copy, w->gelem_s);
         }
         fprintf(f, "]}");
     }
@@ -834,36 +839,68 @@ static int write_json(const char *path, const device_result *d, size_t nd)
     return fclose(f) == 0 ? 0 : -1;
 }
 
+/* A CSV field in double quotes, inner quotes doubled. */
+static void csv_string(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; ++s) {
+        if (*s == '"')
+            fputc('"', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
 static int write_csv(const char *path, const device_result *d, size_t nd)
 {
     FILE *f = fopen(path, "w");
     if (!f)
         return -1;
-    fprintf(f, "device,op,n,c,dtype,median_s,gbps,fraction_of_copy,gelem_s\n");
+    fprintf(f, "device,case,op,n,c,dtype,median_s,gbps,fraction_of_copy,gelem_s\n");
     for (size_t i = 0; i < nd; ++i)
         for (size_t r = 0; r < d[i].nrows; ++r) {
             const result_row *w = &d[i].rows[r];
-            fputc('"', f);
-            for (const char *s = d[i].name; *s; ++s) {
-                if (*s == '"')
-                    fputc('"', f);
-                fputc(*s, f);
-            }
-            fprintf(f, "\",%s,%zu,%u,%s,%.6g,%.6g,%.6g,%.6g\n", w->op, w->n, w->c, w->dtype, w->median_s, w->gbps,
+            csv_string(f, d[i].name);
+            fputc(',', f);
+            csv_string(f, w->label);
+            fprintf(f, ",%s,%zu,%u,%s,%.6g,%.6g,%.6g,%.6g\n", w->op, w->n, w->c, w->dtype, w->median_s, w->gbps,
                     w->fraction_of_copy, w->gelem_s);
         }
     return fclose(f) == 0 ? 0 : -1;
+}
+
+/* --sweep's list: 1 to MAX_SWEEP values of N, each 1 .. 100,000,000. */
+static int parse_sweep(options *opt, const char *list)
+{
+    opt->nsweep = 0;
+    const char *p = list;
+    for (;;) {
+        char *end;
+        errno = 0;
+        const unsigned long long v = strtoull(p, &end, 10);
+        if (errno || end == p || *p == '-' || v < 1 || v > 100000000ULL || (*end && *end != ',') ||
+            opt->nsweep == MAX_SWEEP) {
+            fprintf(stderr, "efl-bench: bad --sweep '%s' (1 to %d values of N, 1 .. 100000000, comma-separated)\n",
+                    list, MAX_SWEEP);
+            return -1;
+        }
+        opt->sweep[opt->nsweep++] = (size_t)v;
+        if (!*end)
+            return 0;
+        p = end + 1;
+    }
 }
 
 /* ------------------------------------------------------------------ main */
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: efl-bench [--device SEL | --default] [--quick | --cases LIST] [--json FILE] [--csv FILE]\n"
-            "                 [--min-time S] [--wall] [--tune]\n"
+            "usage: efl-bench [--device SEL | --default] [--quick | --cases LIST] [--sweep N,N,...]\n"
+            "                 [--json FILE] [--csv FILE] [--min-time S] [--wall] [--tune] [--no-helpers]\n"
             "  --device SEL  devices to run on (default: $EFL_DEVICE, else every device of every platform):\n"
-            "                \"P:D\" indices, \"P\" (every device of platform P), or a case-insensitive\n"
-            "                substring of \"platform [vendor] / device\" (every device that matches)\n"
+            "                \"P:D\" indices, \"P\" (every device of platform P), a type (gpu, cpu,\n"
+            "                accelerator), TYPE:NAME, or a case-insensitive substring of\n"
+            "                \"platform [vendor] / device\" (every device that matches; docs/devices.md)\n"
             "  --default     only the device efl_context_create_default picks\n"
             "  --quick       only the lvis, coco, lvis-f16, lvis-bf16, lvis-anchor and lvis-class cases\n"
             "  --cases LIST  comma-separated, from: lvis (90000 x 1203, step and forward), coco (90000 x 80),\n"
@@ -872,17 +909,22 @@ static void usage(FILE *f)
             "                the head's five FPN levels [2, 2*1203, H, W], anchor- / class-major channels),\n"
             "                sweep (N = 1000 .. 400000 at\n"
             "                C = 1203), all (the default)\n"
-            "  --json FILE, --csv FILE  also write the results there\n"
+            "  --sweep N,N,...  the sweep at these N (C = 1203; at most 16) instead of 1000 .. 400000,\n"
+            "                added to the cases --quick or --cases chose\n"
+            "  --json FILE, --csv FILE  also write the results there; each row names its case (\"case\")\n"
+            "                as printed (every sweep point: \"sweep\"); bench/plot.py draws the JSON\n"
             "  --min-time S  time each case for about S seconds, at least 3 steps (default 0.5)\n"
             "  --wall        time steps by the wall clock (clFinish) even where device events work\n"
             "  --tune        search the launch parameters (EFL_TUNE) at the first case's shape (default lvis)\n"
             "                and print the best against the library's own heuristic\n"
+            "  --no-helpers  do not run efl-native-loop and efl-train-head (below)\n"
             "On a CPU device it also runs, where they were built, efl-native-loop (the same arithmetic as a\n"
             "plain C loop) and efl-train-head --breakdown --quick (a training step end to end: GEMMs vs loss).\n");
 }
 
 static int add_cases(options *opt, const char *list)
 {
+    static const char sweep_name[] = "sweep";
     char buf[256];
     snprintf(buf, sizeof buf, "%s", list);
     int want[NUM_NAMED + 1] = {0}; /* named cases, then the sweep */
@@ -907,20 +949,18 @@ static int add_cases(options *opt, const char *list)
     for (size_t i = 0; i < NUM_NAMED; ++i)
         if (want[i])
             opt->cases[opt->ncases++] = named_cases[i];
-    if (want[NUM_NAMED])
-        for (size_t i = 0; i < NUM_SWEEP; ++i) {
-            snprintf(opt->sweep_names[i], sizeof opt->sweep_names[i], "sweep");
-            opt->cases[opt->ncases++] =
-                (case_def){opt->sweep_names[i], sweep_n[i], SWEEP_C, 0, EFL_DTYPE_FLOAT32, EFL_LAYOUT_ROWS};
-        }
+    if (want[NUM_NAMED] || opt->nsweep) {
+        const size_t *ns = opt->nsweep ? opt->sweep : sweep_n;
+        const size_t count = opt->nsweep ? opt->nsweep : NUM_SWEEP;
+        for (size_t i = 0; i < count; ++i)
+            opt->cases[opt->ncases++] = (case_def){sweep_name, ns[i], SWEEP_C, 0, EFL_DTYPE_FLOAT32, EFL_LAYOUT_ROWS};
+    }
     return 0;
 }
 
 int main(int argc, char **argv)
 {
     static options opt; /* static: zeroed, and off the stack */
-    helper_path(opt.native_path, sizeof opt.native_path, argv[0], "efl-native-loop");
-    helper_path(opt.train_head_path, sizeof opt.train_head_path, argv[0], "../efl-train-head");
     opt.min_time = 0.5;
     const char *cases = "all";
     for (int i = 1; i < argc; ++i) {
@@ -934,6 +974,12 @@ int main(int argc, char **argv)
             opt.force_wall = 1;
         else if (strcmp(a, "--tune") == 0)
             opt.tune = 1;
+        else if (strcmp(a, "--no-helpers") == 0)
+            opt.no_helpers = 1;
+        else if (strcmp(a, "--sweep") == 0 && has_val) {
+            if (parse_sweep(&opt, argv[++i]) != 0)
+                return 2;
+        }
         else if (strcmp(a, "--quick") == 0)
             cases = "lvis,coco,lvis-f16,lvis-bf16,lvis-anchor,lvis-class";
         else if (strcmp(a, "--cases") == 0 && has_val)
@@ -961,6 +1007,10 @@ int main(int argc, char **argv)
     }
     if (add_cases(&opt, cases) != 0)
         return 2;
+    if (!opt.no_helpers) {
+        helper_path(opt.native_path, sizeof opt.native_path, argv[0], "efl-native-loop");
+        helper_path(opt.train_head_path, sizeof opt.train_head_path, argv[0], "../efl-train-head");
+    }
     if (!opt.device_sel) {
         const char *env = getenv("EFL_DEVICE");
         if (env && *env)

@@ -1,4 +1,5 @@
-/* Finding devices: EFL_DEVICE selectors, efl_devices_matching, efl_context_create_default. */
+/* Finding devices: EFL_DEVICE selectors, efl_devices_matching, efl_device_pick,
+ * efl_context_create_default. */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,18 +69,69 @@ static int contains_nocase(const char *hay, const char *needle)
     return n == 0;
 }
 
-/* Does the selector ("P:D", "P", or a name substring; NULL/"" = any) take this device? */
+static const struct {
+    const char *word;
+    cl_device_type type;
+} type_words[] = {
+    {"gpu", CL_DEVICE_TYPE_GPU},
+    {"cpu", CL_DEVICE_TYPE_CPU},
+    {"accelerator", CL_DEVICE_TYPE_ACCELERATOR},
+};
+
+/* The type a selector names: a type word as the whole selector or before its first ':'
+ * (case-insensitive), *name then the rest after the ':' ("" without one); 0 for any other. */
+static cl_device_type selector_type(const char *sel, const char **name)
+{
+    const char *colon = strchr(sel, ':');
+    const size_t n = colon ? (size_t)(colon - sel) : strlen(sel);
+    for (size_t t = 0; t < sizeof type_words / sizeof type_words[0]; ++t) {
+        const char *w = type_words[t].word;
+        size_t i = 0;
+        while (i < n && w[i] && tolower((unsigned char)sel[i]) == w[i])
+            ++i;
+        if (i == n && !w[i]) {
+            *name = colon ? colon + 1 : "";
+            return type_words[t].type;
+        }
+    }
+    return 0;
+}
+
+/* Does the selector ("P:D", "P", a type word with an optional ":name", or a name substring;
+ * NULL/"" = any) take this device? */
 static int matches(const candidate *c, const char *sel)
 {
     unsigned p, d;
     char tail;
+    const char *name = "";
     if (!sel || !*sel)
         return 1;
     if (sscanf(sel, "%u:%u%c", &p, &d, &tail) == 2)
         return c->pi == p && c->di == d;
     if (sscanf(sel, "%u%c", &p, &tail) == 1)
         return c->pi == p;
+    const cl_device_type type = selector_type(sel, &name);
+    if (type)
+        return (c->type & type) && contains_nocase(c->label, name);
     return contains_nocase(c->label, sel);
+}
+
+/* The index efl_context_create_default takes: the first device the selector matches, or with
+ * none (NULL/"") the first GPU, else the first CPU, else the first device; count if none. */
+static size_t pick_index(const candidate *cands, size_t count, const char *sel)
+{
+    if (sel && *sel) {
+        for (size_t i = 0; i < count; ++i)
+            if (matches(&cands[i], sel))
+                return i;
+        return count;
+    }
+    static const cl_device_type order[] = {CL_DEVICE_TYPE_GPU, CL_DEVICE_TYPE_CPU, CL_DEVICE_TYPE_ALL};
+    for (int o = 0; o < 3; ++o)
+        for (size_t i = 0; i < count; ++i)
+            if (cands[i].type & order[o])
+                return i;
+    return count;
 }
 
 size_t efl_devices_matching(const char *selector, cl_device_id *devices, size_t max)
@@ -144,6 +196,33 @@ size_t efl_devices_summary(char *buf, size_t size)
     return len;
 }
 
+efl_status efl_device_pick(const char *selector, cl_device_id *device)
+{
+    if (!device)
+        return EFL_ERROR_NULL_HANDLE;
+    *device = NULL;
+    candidate *cands = malloc(MAX_CANDIDATES * sizeof *cands);
+    if (!cands)
+        return EFL_ERROR_OUT_OF_MEMORY;
+    const size_t count = list_devices(cands, MAX_CANDIDATES);
+    const size_t pick = pick_index(cands, count, selector);
+    if (pick < count)
+        *device = cands[pick].device;
+    free(cands);
+    return count == 0 ? EFL_ERROR_NO_DEVICE : pick == count ? EFL_ERROR_DEVICE_NOT_FOUND : EFL_OK;
+}
+
+const char *efl_device_type_name(cl_device_id device)
+{
+    cl_device_type type = 0;
+    if (!device || clGetDeviceInfo(device, CL_DEVICE_TYPE, sizeof type, &type, NULL) != CL_SUCCESS)
+        return "unknown";
+    for (size_t t = 0; t < sizeof type_words / sizeof type_words[0]; ++t)
+        if (type & type_words[t].type)
+            return type_words[t].word;
+    return "other";
+}
+
 efl_status efl_context_create_default(efl_context **out)
 {
     if (!out)
@@ -153,27 +232,11 @@ efl_status efl_context_create_default(efl_context **out)
     if (!cands)
         return EFL_ERROR_OUT_OF_MEMORY;
     const size_t count = list_devices(cands, MAX_CANDIDATES);
-    if (count == 0) {
-        free(cands);
-        return EFL_ERROR_NO_DEVICE;
-    }
-
-    size_t pick = count;
     const char *sel = getenv("EFL_DEVICE");
-    if (sel && *sel) {
-        for (size_t i = 0; i < count && pick == count; ++i)
-            if (matches(&cands[i], sel))
-                pick = i;
-        if (pick == count) {
-            free(cands);
-            return EFL_ERROR_DEVICE_NOT_FOUND;
-        }
-    } else {
-        static const cl_device_type order[] = {CL_DEVICE_TYPE_GPU, CL_DEVICE_TYPE_CPU, CL_DEVICE_TYPE_ALL};
-        for (int o = 0; o < 3 && pick == count; ++o)
-            for (size_t i = 0; i < count && pick == count; ++i)
-                if (cands[i].type & order[o])
-                    pick = i;
+    const size_t pick = pick_index(cands, count, sel);
+    if (pick == count) {
+        free(cands);
+        return count == 0 ? EFL_ERROR_NO_DEVICE : EFL_ERROR_DEVICE_NOT_FOUND;
     }
 
     const candidate c = cands[pick];

@@ -1,10 +1,12 @@
 /*
- * The context: device selection by EFL_DEVICE, the program cache (one compile per options, also
+ * The context: device selection by EFL_DEVICE (indices, names, and device types checked against
+ * what the OpenCL API lists when asked directly), the program cache (one compile per options, also
  * when threads race for it), a build failure that returns a status and keeps its log, and
  * several threads stepping their own losses on one shared context with the results of one
  * thread, bit for bit.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <ctype.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,6 +95,167 @@ static void test_selection(void)
     }
     CHECK_STATUS(efl_context_create(NULL, E.dev, &ctx), EFL_ERROR_NULL_HANDLE);
     CHECK_STATUS(efl_context_create(E.cl, E.dev, NULL), EFL_ERROR_NULL_HANDLE);
+    tu_end();
+}
+
+/* ------------------------------------------------ the OpenCL API's own view, for reference */
+enum { REF_MAX = 64 };
+typedef struct {
+    cl_device_id dev[REF_MAX];
+    size_t n;
+} ref_list;
+
+static int text_has_nocase(const char *hay, const char *needle)
+{
+    for (; *hay; ++hay) {
+        size_t i = 0;
+        while (needle[i] && hay[i] && tolower((unsigned char)hay[i]) == tolower((unsigned char)needle[i]))
+            ++i;
+        if (!needle[i])
+            return 1;
+    }
+    return !*needle;
+}
+
+/* Devices of `type` straight from clGetPlatformIDs/clGetDeviceIDs, in platform then device
+ * order; with `name`, only those whose platform name, platform vendor or device name contains it
+ * (case-insensitive); platform < 0 all platforms, else that index only. */
+static ref_list ref_devices(cl_device_type type, const char *name, int platform)
+{
+    ref_list r = {.n = 0};
+    cl_platform_id plats[32];
+    cl_uint np = 0;
+    if (clGetPlatformIDs(32, plats, &np) != CL_SUCCESS)
+        return r;
+    for (cl_uint p = 0; p < np && p < 32; ++p) {
+        cl_device_id devs[32];
+        cl_uint nd = 0;
+        if ((platform >= 0 && (int)p != platform) || clGetDeviceIDs(plats[p], type, 32, devs, &nd) != CL_SUCCESS)
+            continue;
+        char pname[256] = "", pvendor[256] = "";
+        clGetPlatformInfo(plats[p], CL_PLATFORM_NAME, sizeof pname - 1, pname, NULL);
+        clGetPlatformInfo(plats[p], CL_PLATFORM_VENDOR, sizeof pvendor - 1, pvendor, NULL);
+        for (cl_uint d = 0; d < nd && d < 32 && r.n < REF_MAX; ++d) {
+            char dname[256] = "";
+            clGetDeviceInfo(devs[d], CL_DEVICE_NAME, sizeof dname - 1, dname, NULL);
+            if (!name || text_has_nocase(pname, name) || text_has_nocase(pvendor, name) || text_has_nocase(dname, name))
+                r.dev[r.n++] = devs[d];
+        }
+    }
+    return r;
+}
+
+/* efl_devices_matching(sel) lists exactly the reference's devices, in its order. */
+static void check_matches(const char *sel, const ref_list *want)
+{
+    cl_device_id got[REF_MAX];
+    const size_t n = efl_devices_matching(sel, got, REF_MAX);
+    int same = n == want->n;
+    for (size_t i = 0; same && i < n; ++i)
+        same = got[i] == want->dev[i];
+    CHECK_MSG(same, "selector '%s': efl matched %zu devices, the OpenCL API lists %zu", sel, n, want->n);
+    cl_device_id pick = NULL;
+    const efl_status st = efl_device_pick(sel, &pick);
+    if (want->n)
+        CHECK_MSG(st == EFL_OK && pick == want->dev[0], "efl_device_pick('%s'): %s", sel, efl_status_string(st));
+    else
+        CHECK_MSG(st == EFL_ERROR_DEVICE_NOT_FOUND && pick == NULL, "efl_device_pick('%s'): %s", sel,
+                  efl_status_string(st));
+}
+
+/* efl_context_create_default under EFL_DEVICE=sel: the reference's first device, or NOT_FOUND. */
+static void check_default(const char *sel, const ref_list *want)
+{
+    efl_context *ctx = NULL;
+    setenv("EFL_DEVICE", sel, 1);
+    const efl_status st = efl_context_create_default(&ctx);
+    if (!want->n) {
+        CHECK_MSG(st == EFL_ERROR_DEVICE_NOT_FOUND && ctx == NULL, "EFL_DEVICE=%s: %s", sel, efl_status_string(st));
+        return;
+    }
+    CHECK_MSG(st == EFL_OK && ctx && efl_context_cl_device(ctx) == want->dev[0], "EFL_DEVICE=%s: %s", sel,
+              efl_status_string(st));
+    char *log = ctx ? context_log(ctx) : NULL;
+    char by[128];
+    snprintf(by, sizeof by, "by EFL_DEVICE=%s", sel);
+    CHECK_MSG(log && strstr(log, by) != NULL, "EFL_DEVICE=%s: log:\n%s", sel, log ? log : "");
+    free(log);
+    efl_context_destroy(ctx);
+}
+
+static void test_type_selectors(void)
+{
+    tu_begin("EFL_DEVICE type selectors: gpu, cpu, accelerator, TYPE:NAME");
+    const char *saved = getenv("EFL_DEVICE");
+    char *keep = saved ? strdup(saved) : NULL;
+    const ref_list cpus = ref_devices(CL_DEVICE_TYPE_CPU, NULL, -1);
+    const ref_list gpus = ref_devices(CL_DEVICE_TYPE_GPU, NULL, -1);
+    const ref_list accels = ref_devices(CL_DEVICE_TYPE_ACCELERATOR, NULL, -1);
+    const ref_list none = {.n = 0};
+    printf("  the OpenCL API lists %zu CPU, %zu GPU, %zu accelerator devices\n", cpus.n, gpus.n, accels.n);
+    CHECK(cpus.n + gpus.n + accels.n >= 1); /* the test's own device is one of them */
+    check_matches("cpu", &cpus);
+    check_matches("CPU", &cpus);
+    check_matches("Cpu", &cpus);
+    check_matches("cpu:", &cpus); /* an empty name narrows nothing */
+    check_matches("gpu", &gpus);
+    check_matches("GPU:", &gpus);
+    check_matches("accelerator", &accels);
+    check_default("cpu", &cpus);
+    check_default("CPU", &cpus);
+    check_default("gpu", &gpus);
+    check_default("accelerator", &accels);
+    /* TYPE:NAME narrows the type by a name substring */
+    const ref_list cpu_pocl = ref_devices(CL_DEVICE_TYPE_CPU, "pocl", -1);
+    const ref_list gpu_pocl = ref_devices(CL_DEVICE_TYPE_GPU, "pocl", -1);
+    check_matches("cpu:pocl", &cpu_pocl);
+    check_matches("CPU:PoCL", &cpu_pocl);
+    check_matches("gpu:pocl", &gpu_pocl);
+    check_default("cpu:pocl", &cpu_pocl);
+    if (cpu_pocl.n) {
+        char label[900];
+        efl_device_describe(cpu_pocl.dev[0], label, sizeof label);
+        CHECK_MSG(strstr(label, "pocl") != NULL, "cpu:pocl picked '%s'", label);
+    }
+    check_matches("cpu:nonexistent-xyz", &none);
+    check_default("cpu:nonexistent-xyz", &none);
+    /* not type words: plain name substrings, matched as the reference matches names */
+    const ref_list gpux = ref_devices(CL_DEVICE_TYPE_ALL, "gpux", -1);
+    check_matches("gpux", &gpux);
+    check_default("gpux", &gpux);
+    check_matches(":cpu", &none);
+    check_matches("pocl:cpu", &none);
+    /* numeric selectors keep their meaning */
+    const ref_list p0 = ref_devices(CL_DEVICE_TYPE_ALL, NULL, 0);
+    const ref_list d00 = {.dev = {p0.n ? p0.dev[0] : NULL}, .n = p0.n ? 1 : 0};
+    check_matches("0:0", &d00);
+    check_matches("0", &p0);
+    check_default("0:0", &d00);
+    /* the default rule: first GPU, else first CPU, else first device */
+    const ref_list all = ref_devices(CL_DEVICE_TYPE_ALL, NULL, -1);
+    const ref_list *rule = gpus.n ? &gpus : cpus.n ? &cpus : &all;
+    check_matches(NULL, &all);
+    cl_device_id pick = NULL;
+    CHECK_STATUS(efl_device_pick(NULL, &pick), EFL_OK);
+    CHECK(pick == rule->dev[0]);
+    CHECK_STATUS(efl_device_pick("", &pick), EFL_OK);
+    CHECK(pick == rule->dev[0]);
+    CHECK_STATUS(efl_device_pick("cpu", NULL), EFL_ERROR_NULL_HANDLE);
+    /* the type of the test's device as the OpenCL API reports it */
+    cl_device_type type = 0;
+    REQUIRE_CL(clGetDeviceInfo(E.dev, CL_DEVICE_TYPE, sizeof type, &type, NULL));
+    const char *want_type = type & CL_DEVICE_TYPE_GPU   ? "gpu"
+                            : type & CL_DEVICE_TYPE_CPU ? "cpu"
+                            : type & CL_DEVICE_TYPE_ACCELERATOR ? "accelerator"
+                                                                : "other";
+    CHECK_MSG(strcmp(efl_device_type_name(E.dev), want_type) == 0, "type '%s', want '%s'",
+              efl_device_type_name(E.dev), want_type);
+    CHECK(strcmp(efl_device_type_name(NULL), "unknown") == 0);
+    if (keep)
+        setenv("EFL_DEVICE", keep, 1);
+    else
+        unsetenv("EFL_DEVICE");
+    free(keep);
     tu_end();
 }
 
@@ -217,6 +380,7 @@ int main(void)
 {
     tu_env_init(&E);
     test_selection();
+    test_type_selectors();
     test_cache_and_build_failure();
     test_threads();
     tu_env_free(&E);

@@ -136,19 +136,43 @@ typedef struct efl_context_s efl_context;
  * both and releases them on destroy). Compiles nothing yet. */
 EFL_API efl_status efl_context_create(cl_context context, cl_device_id device, efl_context **out);
 
-/* Pick a device on our own and create a cl_context for it.
- * EFL_DEVICE (environment) chooses: "P:D" indices ("1:0"), "P" (first device of platform P), or
- * a case-insensitive substring of "platform name [platform vendor] / device name" ("pocl",
- * "rusticl", "llvmpipe", "nvidia"). Otherwise the first GPU of any platform, else the first CPU
- * device, skipping platforms that fail or list no device. */
+/* Pick a device on our own and create a cl_context for it: efl_device_pick's choice for the
+ * selector in EFL_DEVICE (environment; see efl_devices_matching for the syntax), the first device
+ * it matches. Without EFL_DEVICE (or empty) the first GPU of any platform, else the first CPU,
+ * else the first device, skipping platforms that fail or list no device. EFL_ERROR_NO_DEVICE
+ * when no platform lists a device, EFL_ERROR_DEVICE_NOT_FOUND when EFL_DEVICE matches none. */
 EFL_API efl_status efl_context_create_default(efl_context **out);
 
 /* The devices a selector in EFL_DEVICE's syntax matches, over every platform that answers, in
- * platform then device order: "P:D" one device, "P" every device of platform P, other text
- * every device whose "platform [vendor] / device" contains it (case-insensitive); NULL or ""
- * every device. Writes up to max of them to devices (NULL with max 0 just counts) and returns
- * how many matched. A multi-device program (efl-bench) lists its devices with it. */
+ * platform then device order. Selectors:
+ *   "P:D"          device D of platform P ("1:0"), indices as efl_device_describe gives them;
+ *   "P"            every device of platform P;
+ *   "gpu", "cpu", "accelerator"  (the whole selector, case-insensitive) every device of that
+ *                  CL_DEVICE_TYPE; a type word matches by type only, never as a name substring
+ *                  (a GPU whose name contains "cpu" is not taken by "cpu");
+ *   "TYPE:NAME"    devices of that type whose "platform [vendor] / device" contains NAME
+ *                  (case-insensitive): "gpu:nvidia", "cpu:pocl"; "cpu:" is "cpu"; the part
+ *                  after ':' is always a name substring ("cpu:0" looks for the text "0");
+ *   other text     every device whose "platform [vendor] / device" contains it
+ *                  (case-insensitive): "pocl", "rusticl", "llvmpipe", and "gpux" or "CPUs"
+ *                  (not type words);
+ *   NULL or ""     every device.
+ * Writes up to max of them to devices (NULL with max 0 just counts) and returns how many
+ * matched. A multi-device program (efl-bench) lists its devices with it. */
 EFL_API size_t efl_devices_matching(const char *selector, cl_device_id *devices, size_t max);
+
+/* The device efl_context_create_default would take for this selector, without creating a
+ * context: the first device efl_devices_matching(selector) lists, or for NULL or "" the default
+ * rule (first GPU, else first CPU, else first device). Reads no environment: pass
+ * getenv("EFL_DEVICE") to learn what efl_context_create_default picks. EFL_OK with *device set;
+ * EFL_ERROR_NO_DEVICE (no device at all) or EFL_ERROR_DEVICE_NOT_FOUND (the selector matches
+ * none) with *device NULL; EFL_ERROR_NULL_HANDLE for a NULL device. */
+EFL_API efl_status efl_device_pick(const char *selector, cl_device_id *device);
+
+/* The device's CL_DEVICE_TYPE as the selector word that matches it: "gpu", "cpu" or
+ * "accelerator" (the first of these whose bit is set), "other" for none of them, "unknown" when
+ * the query fails (NULL device). A static string. */
+EFL_API const char *efl_device_type_name(cl_device_id device);
 
 /* "P:D platform [vendor] / device name" for a device (what selectors match), NUL-terminated and
  * truncated to size; returns the full length. */

@@ -21,9 +21,13 @@
     crit(logits_tensor, labels_tensor, normalizer=num_pos).backward()
 
 The library is found through the environment variable EFL_LIBRARY (a path to
-libefl.so), else <repo>/build/libefl.so, else ctypes.util.find_library("efl").
-The OpenCL device is chosen by the C library from EFL_DEVICE ("P:D" indices or a
-substring of "platform / device"), else the first GPU, else the first CPU device.
+libefl.so; when set, nothing else is tried), else the libefl.so inside this package
+(where `pip install .` puts it), else <repo>/build/libefl.so (a source build), else
+ctypes.util.find_library("efl").
+The OpenCL device is chosen by the C library from EFL_DEVICE ("P:D" indices, a type
+"gpu"/"cpu"/"accelerator", "type:name", or a substring of "platform / device"), else the
+first GPU, else the first CPU device; `python -m efl` lists the devices and the pick
+(docs/devices.md).
 One default context is shared by every loss of the process; it is created on first
 use and destroyed at exit.
 
@@ -55,6 +59,8 @@ __all__ = [
     "library_path",
     "context_log",
     "warmup",
+    "devices",
+    "default_device",
 ]
 
 
@@ -858,6 +864,46 @@ class EQLv2Loss(EqualizedFocalLoss):
                  labels="reference", accumulate="auto"):
         super().__init__(num_classes, gamma=gamma, alpha=alpha, ignore_index=ignore_index, loss_weight=loss_weight,
                          labels=labels, accumulate=accumulate, mode="eqlv2", mu=mu)
+
+
+# ------------------------------------------------------------------ devices
+def _describe(handle):
+    fn = _fn("efl_device_describe")
+    size = fn(handle, None, 0)
+    buf = ctypes.create_string_buffer(size + 1)
+    fn(handle, buf, size + 1)
+    return buf.value.decode("utf-8", "replace")
+
+
+def _device_handles(selector=None):
+    """[(cl_device_id, "P:D platform [vendor] / device")] of the devices a selector matches."""
+    fn = _fn("efl_devices_matching")
+    raw = None if selector is None else str(selector).encode("utf-8")
+    count = fn(raw, None, 0)
+    handles = (ctypes.c_void_p * max(count, 1))()
+    count = min(count, fn(raw, handles, count))
+    return [(handles[i], _describe(handles[i])) for i in range(count)]
+
+
+def devices(selector=None):
+    """The OpenCL devices a selector in EFL_DEVICE's syntax matches ("1:0", "gpu", "cpu:pocl",
+    "llvmpipe"; None or "" every device), one "P:D platform [vendor] / device" line each, in
+    platform then device order. Creates no context. Syntax: docs/devices.md."""
+    return [line for _, line in _device_handles(selector)]
+
+
+def default_device(selector=None):
+    """The "P:D platform [vendor] / device" line of the device the default context takes for
+    a selector: None reads EFL_DEVICE, "" applies the default rule (first GPU, else first CPU,
+    else first device). Creates no context. Raises EflError ERROR_DEVICE_NOT_FOUND when the
+    selector matches no device, ERROR_NO_DEVICE when there is no device at all."""
+    if selector is None:
+        selector = os.environ.get("EFL_DEVICE", "")
+    handle = ctypes.c_void_p()
+    st = _fn("efl_device_pick")(str(selector).encode("utf-8"), ctypes.byref(handle))
+    if st != Status.OK:
+        raise EflError(st)
+    return _describe(handle)
 
 
 def __getattr__(name):

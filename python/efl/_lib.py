@@ -131,6 +131,11 @@ _PROTOTYPES = {
     "efl_context_last_cl_error": (ctypes.c_int32, [_handle]),
     "efl_context_log": (ctypes.c_size_t, [_handle, ctypes.c_char_p, ctypes.c_size_t]),
     "efl_context_warmup": (_status, [_handle]),
+    "efl_devices_matching": (ctypes.c_size_t, [ctypes.c_char_p, _handle_p, ctypes.c_size_t]),
+    "efl_device_pick": (_status, [ctypes.c_char_p, _handle_p]),
+    "efl_device_type_name": (ctypes.c_char_p, [_handle]),
+    "efl_device_describe": (ctypes.c_size_t, [_handle, ctypes.c_char_p, ctypes.c_size_t]),
+    "efl_devices_summary": (ctypes.c_size_t, [ctypes.c_char_p, ctypes.c_size_t]),
     "efl_loss_config_init": (None, [ctypes.POINTER(Config), ctypes.c_uint32]),
     "efl_loss_config_init_mode": (None, [ctypes.POINTER(Config), ctypes.c_uint32, ctypes.c_int]),
     "efl_loss_create": (_status, [_handle, ctypes.POINTER(Config), _handle_p]),
@@ -180,17 +185,25 @@ _OPTIONAL = {
     "efl_loss_load_checkpoint_host",
     "efl_loss_read_statistics_host",
     "efl_loss_apply_statistics_host",
+    "efl_devices_matching",
+    "efl_device_pick",
+    "efl_device_type_name",
+    "efl_device_describe",
+    "efl_devices_summary",
 }
 
 
 def _candidates():
+    """The paths to try, in order, and whether the first is explicit: EFL_LIBRARY alone when set;
+    else the library inside this package (efl/libefl.so, where `pip install .` puts it), then
+    <repo>/build/libefl.so (a source build), then ctypes.util.find_library("efl")."""
     env = os.environ.get("EFL_LIBRARY")
     if env:
         # An explicit path is authoritative: do not silently fall back to another build.
         return [env], True
     here = os.path.dirname(os.path.abspath(__file__))
     repo = os.path.dirname(os.path.dirname(here))  # <repo>/python/efl -> <repo>
-    out = [os.path.join(repo, "build", "libefl.so")]
+    out = [os.path.join(here, "libefl.so"), os.path.join(repo, "build", "libefl.so")]
     found = ctypes.util.find_library("efl")
     if found:
         out.append(found)
@@ -231,7 +244,8 @@ def load():
         _lib, _lib_path = lib, path
         return lib
     raise OSError(
-        "libefl not found (set EFL_LIBRARY to the path of libefl.so, or build it into <repo>/build): "
+        "libefl not found (install the package with `pip install .`, set EFL_LIBRARY to the path of "
+        "libefl.so, or build it into <repo>/build): "
         + "; ".join(errors or ["ctypes.util.find_library('efl') found nothing"])
     )
 

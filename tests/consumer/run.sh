@@ -38,11 +38,30 @@ libdir=$(pkg-config --variable=libdir efl)
 ${CC:-cc} -std=c11 -Wall -Wextra -o "$work/consumer-pc" "$src/tests/consumer/consumer.c" \
     $(pkg-config --cflags --libs efl)
 LD_LIBRARY_PATH=$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$work/consumer-pc"
-# and the static library, whose dependencies come from Libs.private and Requires (-lefl dropped so
-# that libefl.a, not libefl.so, provides the library)
-static_libs=()
-for f in $(pkg-config --libs --static efl); do [ "$f" = -lefl ] || static_libs+=("$f"); done
+# and the static library: in a prefix that holds libefl.a but no libefl.so (what a static-only
+# install looks like), `pkg-config --static` alone must link it, Libs.private and Requires giving
+# everything libefl.a needs, and the binary must not ask for libefl.so at run time.
+static_prefix=$work/static-prefix
+cp -a "$prefix" "$static_prefix"
+find "$static_prefix" -name 'libefl.so*' -delete
+export PKG_CONFIG_PATH=$static_prefix/${pcdir#"$prefix"/}${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+[ "$(pkg-config --variable=libdir efl)" = "$static_prefix/${libdir#"$prefix"/}" ] ||
+  { echo "efl.pc does not follow its prefix: $(pkg-config --variable=libdir efl)" >&2; exit 1; }
 # shellcheck disable=SC2046
-${CC:-cc} -std=c11 -o "$work/consumer-pc-static" "$src/tests/consumer/consumer.c" \
-    $(pkg-config --cflags efl) "$libdir/libefl.a" "${static_libs[@]}"
+${CC:-cc} -std=c11 -Wall -Wextra -o "$work/consumer-pc-static" "$src/tests/consumer/consumer.c" \
+    $(pkg-config --static --cflags --libs efl)
+if readelf -d "$work/consumer-pc-static" | grep -q 'NEEDED.*libefl'; then
+  echo "the pkg-config --static consumer still needs libefl.so:" >&2
+  readelf -d "$work/consumer-pc-static" | grep NEEDED >&2
+  exit 1
+fi
 "$work/consumer-pc-static"
+
+# efl_mpi.h comes with libefl_mpi and only with it: a header whose library is missing would compile
+# and then fail to link.
+has_lib=$([ -n "$(find "$prefix" -name 'libefl_mpi.so*' | head -n1)" ] && echo yes || echo no)
+has_hdr=$([ -f "$prefix/include/efl/efl_mpi.h" ] && echo yes || echo no)
+if [ "$has_lib" != "$has_hdr" ]; then
+  echo "libefl_mpi installed: $has_lib, efl_mpi.h installed: $has_hdr" >&2
+  exit 1
+fi
