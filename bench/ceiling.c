@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bench_util.h"
+#include "bench.h"
 
 #define READ_PER_ITEM 32 /* float4 loads per work-item of the read kernel */
 #define READ_WG 64
@@ -78,78 +78,86 @@ static cl_int time_kernel(cl_command_queue q, cl_kernel k, size_t global, const 
         }                                                                                                          \
     } while (0)
 
-cl_int bench_measure_ceilings(cl_context ctx, cl_device_id dev, cl_command_queue q, size_t bytes, double min_time,
-                              bench_ceilings *out, const char **what)
-{
-    memset(out, 0, sizeof *out);
-    *what = "";
-    const size_t unit = (size_t)16 * READ_WG * READ_PER_ITEM; /* bytes one read work-group covers */
-    bytes = bytes / unit * unit;
-    out->bytes = bytes;
-    cl_int err = CL_SUCCESS, e2 = CL_SUCCESS;
-    cl_program prog = NULL;
-    cl_kernel kcopy = NULL, kread = NULL, kempty = NULL;
-    cl_mem a = NULL, b = NULL, small = NULL;
-    float *tile = NULL;
+typedef struct {
+    cl_program prog;
+    cl_kernel kcopy, kread, kempty;
+    cl_mem a, b, small;
+} ceiling_objects;
 
-    prog = clCreateProgramWithSource(ctx, 1, &ceiling_src, NULL, &err);
+static cl_int build_kernels(cl_context ctx, cl_device_id dev, ceiling_objects *k, const char **what)
+{
+    cl_int err = CL_SUCCESS;
+    k->prog = clCreateProgramWithSource(ctx, 1, &ceiling_src, NULL, &err);
     if (err != CL_SUCCESS)
         *what = "clCreateProgramWithSource";
     char opts[64];
     snprintf(opts, sizeof opts, "-DREAD_PER_ITEM=%d", READ_PER_ITEM);
-    TRY(clBuildProgram(prog, 1, &dev, opts, NULL, NULL), "clBuildProgram (ceiling kernels)");
+    TRY(clBuildProgram(k->prog, 1, &dev, opts, NULL, NULL), "clBuildProgram (ceiling kernels)");
     if (err == CL_SUCCESS) {
-        kcopy = clCreateKernel(prog, "bench_copy", &err);
+        k->kcopy = clCreateKernel(k->prog, "bench_copy", &err);
         if (err == CL_SUCCESS)
-            kread = clCreateKernel(prog, "bench_read", &err);
+            k->kread = clCreateKernel(k->prog, "bench_read", &err);
         if (err == CL_SUCCESS)
-            kempty = clCreateKernel(prog, "bench_empty", &err);
+            k->kempty = clCreateKernel(k->prog, "bench_empty", &err);
         if (err != CL_SUCCESS)
             *what = "clCreateKernel";
     }
-    if (err == CL_SUCCESS) {
-        a = clCreateBuffer(ctx, CL_MEM_READ_WRITE, bytes, NULL, &err);
-        b = clCreateBuffer(ctx, CL_MEM_READ_WRITE, bytes, NULL, &e2);
-        if (err == CL_SUCCESS)
-            err = e2;
-        if (err == CL_SUCCESS)
-            small = clCreateBuffer(ctx, CL_MEM_WRITE_ONLY, bytes / 16 / READ_PER_ITEM * sizeof(float), NULL, &err);
-        if (err != CL_SUCCESS)
-            *what = "clCreateBuffer (ceiling buffers)";
+    return err;
+}
+
+/* Random floats, written tile by tile (caches work by address, so a repeating 32 MiB tile is as
+ * good as one random stream; what matters is that no block is compressible). */
+static cl_int make_buffers(cl_context ctx, cl_command_queue q, size_t bytes, ceiling_objects *k, const char **what)
+{
+    cl_int err = CL_SUCCESS, e2 = CL_SUCCESS;
+    k->a = clCreateBuffer(ctx, CL_MEM_READ_WRITE, bytes, NULL, &err);
+    k->b = clCreateBuffer(ctx, CL_MEM_READ_WRITE, bytes, NULL, &e2);
+    if (err == CL_SUCCESS)
+        err = e2;
+    if (err == CL_SUCCESS)
+        k->small = clCreateBuffer(ctx, CL_MEM_WRITE_ONLY, bytes / 16 / READ_PER_ITEM * sizeof(float), NULL, &err);
+    if (err != CL_SUCCESS) {
+        *what = "clCreateBuffer (ceiling buffers)";
+        return err;
     }
-    /* Random floats, written tile by tile (caches work by address, so a repeating 32 MiB tile
-     * is as good as one random stream; what matters is that no block is compressible). */
     const size_t tile_bytes = bytes < ((size_t)32 << 20) ? bytes : ((size_t)32 << 20);
-    if (err == CL_SUCCESS && !(tile = malloc(tile_bytes))) {
-        err = CL_OUT_OF_HOST_MEMORY;
+    float *tile = malloc(tile_bytes);
+    if (!tile) {
         *what = "malloc";
+        return CL_OUT_OF_HOST_MEMORY;
     }
-    if (err == CL_SUCCESS) {
-        uint64_t s = 0x9E3779B97F4A7C15ULL;
-        for (size_t i = 0; i < tile_bytes / sizeof(float); ++i)
-            tile[i] = (float)(bench_rand_unit(&s) * 2.0 - 1.0);
-    }
+    uint64_t s = 0x9E3779B97F4A7C15ULL;
+    for (size_t i = 0; i < tile_bytes / sizeof(float); ++i)
+        tile[i] = (float)(bench_rand_unit(&s) * 2.0 - 1.0);
     for (size_t off = 0; err == CL_SUCCESS && off < bytes; off += tile_bytes) {
         const size_t len = bytes - off < tile_bytes ? bytes - off : tile_bytes;
-        TRY(clEnqueueWriteBuffer(q, a, CL_TRUE, off, len, tile, 0, NULL, NULL), "clEnqueueWriteBuffer");
-        TRY(clEnqueueWriteBuffer(q, b, CL_TRUE, off, len, tile, 0, NULL, NULL), "clEnqueueWriteBuffer");
+        TRY(clEnqueueWriteBuffer(q, k->a, CL_TRUE, off, len, tile, 0, NULL, NULL), "clEnqueueWriteBuffer");
+        TRY(clEnqueueWriteBuffer(q, k->b, CL_TRUE, off, len, tile, 0, NULL, NULL), "clEnqueueWriteBuffer");
     }
+    free(tile);
+    return err;
+}
 
-    TRY(clSetKernelArg(kcopy, 0, sizeof a, &a), "clSetKernelArg");
-    TRY(clSetKernelArg(kcopy, 1, sizeof b, &b), "clSetKernelArg");
-    TRY(clSetKernelArg(kread, 0, sizeof b, &b), "clSetKernelArg");
-    TRY(clSetKernelArg(kread, 1, sizeof small, &small), "clSetKernelArg");
-    TRY(clSetKernelArg(kempty, 0, sizeof small, &small), "clSetKernelArg");
+/* The three kernels timed; the figures into out. */
+static cl_int time_kernels(cl_device_id dev, cl_command_queue q, const ceiling_objects *k, size_t bytes,
+                           double min_time, bench_ceilings *out, const char **what)
+{
+    cl_int err = CL_SUCCESS;
+    TRY(clSetKernelArg(k->kcopy, 0, sizeof k->a, &k->a), "clSetKernelArg");
+    TRY(clSetKernelArg(k->kcopy, 1, sizeof k->b, &k->b), "clSetKernelArg");
+    TRY(clSetKernelArg(k->kread, 0, sizeof k->b, &k->b), "clSetKernelArg");
+    TRY(clSetKernelArg(k->kread, 1, sizeof k->small, &k->small), "clSetKernelArg");
+    TRY(clSetKernelArg(k->kempty, 0, sizeof k->small, &k->small), "clSetKernelArg");
     double tc = 0.0, tr = 0.0, wc = 0.0, wr = 0.0;
     size_t wg = READ_WG, max_wg = 0;
     clGetDeviceInfo(dev, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof max_wg, &max_wg, NULL);
-    TRY(time_kernel(q, kcopy, bytes / 16, NULL, min_time, &tc, &wc), "copy kernel");
+    TRY(time_kernel(q, k->kcopy, bytes / 16, NULL, min_time, &tc, &wc), "copy kernel");
     /* any group size covers the buffer exactly (global * READ_PER_ITEM float4s) */
-    TRY(time_kernel(q, kread, bytes / 16 / READ_PER_ITEM, max_wg >= wg ? &wg : NULL, min_time, &tr, &wr),
+    TRY(time_kernel(q, k->kread, bytes / 16 / READ_PER_ITEM, max_wg >= wg ? &wg : NULL, min_time, &tr, &wr),
         "read kernel");
     double te_unused = 0.0;
     const size_t one = 1;
-    TRY(time_kernel(q, kempty, 1, &one, min_time, &te_unused, &out->empty_roundtrip_s), "empty kernel");
+    TRY(time_kernel(q, k->kempty, 1, &one, min_time, &te_unused, &out->empty_roundtrip_s), "empty kernel");
     /* A copy of this size runs for milliseconds: a real device timer gives about the wall time.
      * rusticl returns tiny constant timestamps (2, 3 ns): such a device is timed by the wall. */
     out->wall_clock = !(tc >= 0.5 * wc && tr > 0.0);
@@ -161,21 +169,60 @@ cl_int bench_measure_ceilings(cl_context ctx, cl_device_id dev, cl_command_queue
         out->copy_gbps = 2.0 * (double)bytes / tc / 1e9;
         out->read_gbps = (double)bytes / tr / 1e9;
     }
-
-    free(tile);
-    if (small)
-        clReleaseMemObject(small);
-    if (b)
-        clReleaseMemObject(b);
-    if (a)
-        clReleaseMemObject(a);
-    if (kread)
-        clReleaseKernel(kread);
-    if (kempty)
-        clReleaseKernel(kempty);
-    if (kcopy)
-        clReleaseKernel(kcopy);
-    if (prog)
-        clReleaseProgram(prog);
     return err;
+}
+
+static void release_objects(ceiling_objects *k)
+{
+    cl_mem mems[] = {k->small, k->b, k->a};
+    for (int i = 0; i < 3; ++i)
+        if (mems[i])
+            clReleaseMemObject(mems[i]);
+    cl_kernel kernels[] = {k->kread, k->kempty, k->kcopy};
+    for (int i = 0; i < 3; ++i)
+        if (kernels[i])
+            clReleaseKernel(kernels[i]);
+    if (k->prog)
+        clReleaseProgram(k->prog);
+}
+
+cl_int bench_measure_ceilings(cl_context ctx, cl_device_id dev, cl_command_queue q, size_t bytes, double min_time,
+                              bench_ceilings *out, const char **what)
+{
+    memset(out, 0, sizeof *out);
+    *what = "";
+    const size_t unit = (size_t)16 * READ_WG * READ_PER_ITEM; /* bytes one read work-group covers */
+    bytes = bytes / unit * unit;
+    out->bytes = bytes;
+    ceiling_objects k;
+    memset(&k, 0, sizeof k);
+    cl_int err = build_kernels(ctx, dev, &k, what);
+    if (err == CL_SUCCESS)
+        err = make_buffers(ctx, q, bytes, &k, what);
+    if (err == CL_SUCCESS)
+        err = time_kernels(dev, q, &k, bytes, min_time, out, what);
+    release_objects(&k);
+    return err;
+}
+
+static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
+
+int bench_run_ceilings(cl_context cl, cl_device_id dev, cl_command_queue q, const bench_options *opt,
+                       device_result *out)
+{
+    /* min(256 MiB, max alloc / 2, global memory / 8) per buffer */
+    const size_t bytes =
+        min_size((size_t)256 << 20, min_size((size_t)(out->max_alloc / 2), (size_t)(out->global_mem / 8)));
+    bench_ceilings cc;
+    const char *what = "";
+    const cl_int err = bench_measure_ceilings(cl, dev, q, bytes, opt->min_time, &cc, &what);
+    if (err != CL_SUCCESS)
+        return cl_fail(what, out->name, err);
+    out->copy_gbps = cc.copy_gbps;
+    out->read_gbps = cc.read_gbps;
+    out->ceiling_bytes = cc.bytes;
+    out->ceiling_wall = cc.wall_clock;
+    out->empty_roundtrip_s = cc.empty_roundtrip_s;
+    report_ceilings(&cc);
+    return 0;
 }

@@ -92,6 +92,85 @@ static double step(const float *restrict x, const int32_t *restrict labels, floa
     return loss_sum * scale;
 }
 
+typedef struct {
+    float *x, *grad, *gamma, *w, *sums;
+    int32_t *labels;
+    double *pos, *neg;
+} arrays;
+
+static void free_arrays(arrays *a)
+{
+    free(a->x);
+    free(a->grad);
+    free(a->labels);
+    free(a->gamma);
+    free(a->w);
+    free(a->sums);
+    free(a->pos);
+    free(a->neg);
+}
+
+static int alloc_arrays(arrays *a, size_t n, size_t C, int nthreads)
+{
+    a->x = malloc(n * C * sizeof *a->x);
+    a->grad = malloc(n * C * sizeof *a->grad);
+    a->labels = malloc(n * sizeof *a->labels);
+    a->gamma = malloc(C * sizeof *a->gamma);
+    a->w = malloc(C * sizeof *a->w);
+    a->sums = malloc((size_t)nthreads * 2 * C * sizeof *a->sums);
+    a->pos = calloc(C, sizeof *a->pos);
+    a->neg = calloc(C, sizeof *a->neg);
+    return a->x && a->grad && a->labels && a->gamma && a->w && a->sums && a->pos && a->neg ? 0 : -1;
+}
+
+/* Data, each thread touching the rows it will work on (first touch places the pages); the
+ * labels; a mid-training state. -1 when out of memory. */
+static int fill(arrays *a, size_t n, size_t C)
+{
+    float *x = a->x, *grad = a->grad;
+#pragma omp parallel
+    {
+        uint64_t s = 0x243F6A8885A308D3ULL + 0x9E3779B97F4A7C15ULL * (uint64_t)(omp_get_thread_num() + 1);
+#pragma omp for schedule(static)
+        for (size_t i = 0; i < n; ++i)
+            for (size_t j = 0; j < C; j += 2) {
+                const double u1 = 1.0 - bench_rand_unit(&s), u2 = bench_rand_unit(&s);
+                const double r = sqrt(-2.0 * log(u1)), t = 6.283185307179586 * u2;
+                x[i * C + j] = (float)(-4.0 + 2.5 * r * cos(t));
+                if (j + 1 < C)
+                    x[i * C + j + 1] = (float)(-4.0 + 2.5 * r * sin(t));
+                grad[i * C + j] = 0.0f;
+                if (j + 1 < C)
+                    grad[i * C + j + 1] = 0.0f;
+            }
+    }
+    uint64_t s = 0xB7E151628AED2A6BULL;
+    if (!bench_zipf_labels(&s, a->labels, n, C))
+        return -1;
+    for (size_t j = 0; j < C; ++j) { /* a mid-training state: gamma_j in [2, 10], w_j = gamma_j / 2 */
+        a->gamma[j] = 2.0f + 8.0f * (float)bench_rand_unit(&s);
+        a->w[j] = a->gamma[j] / 2.0f;
+    }
+    return 0;
+}
+
+/* A warm-up, then steps for about a second (5 to 200): the median; *loss sums every step's. */
+static double time_steps(arrays *a, size_t n, size_t C, int nthreads, double *loss, int *reps)
+{
+    double t[200];
+    *reps = 0;
+    *loss = step(a->x, a->labels, a->grad, n, C, a->gamma, a->w, 0.25f, 1.0f, a->pos, a->neg, a->sums,
+                 nthreads); /* warm-up */
+    const double start = now();
+    while (*reps < 200 && (*reps < 5 || now() - start < 1.0)) {
+        const double t0 = now();
+        *loss += step(a->x, a->labels, a->grad, n, C, a->gamma, a->w, 0.25f, 1.0f, a->pos, a->neg, a->sums, nthreads);
+        t[(*reps)++] = now() - t0;
+    }
+    qsort(t, (size_t)*reps, sizeof *t, cmp);
+    return *reps % 2 ? t[*reps / 2] : 0.5 * (t[*reps / 2 - 1] + t[*reps / 2]);
+}
+
 int main(int argc, char **argv)
 {
     const size_t n = argc > 1 ? strtoull(argv[1], NULL, 10) : 90000;
@@ -101,68 +180,23 @@ int main(int argc, char **argv)
         return 2;
     }
     const int nthreads = omp_get_max_threads();
-    float *x = malloc(n * C * sizeof *x), *grad = malloc(n * C * sizeof *grad);
-    int32_t *labels = malloc(n * sizeof *labels);
-    float *gamma = malloc(C * sizeof *gamma), *w = malloc(C * sizeof *w);
-    float *sums = malloc((size_t)nthreads * 2 * C * sizeof *sums);
-    double *pos = calloc(C, sizeof *pos), *neg = calloc(C, sizeof *neg);
-    if (!x || !grad || !labels || !gamma || !w || !sums || !pos || !neg) {
+    arrays a;
+    if (alloc_arrays(&a, n, C, nthreads) != 0 || fill(&a, n, C) != 0) {
         fprintf(stderr, "efl-native-loop: out of memory\n");
+        free_arrays(&a);
         return 1;
     }
-    /* Data, each thread touching the rows it will work on (first touch places the pages). */
-#pragma omp parallel
-    {
-        uint64_t s = 0x243F6A8885A308D3ULL + 0x9E3779B97F4A7C15ULL * (uint64_t)(omp_get_thread_num() + 1);
-#pragma omp for schedule(static)
-        for (size_t i = 0; i < n; ++i)
-            for (size_t j = 0; j < C; j += 2) {
-                const double u1 = 1.0 - bench_rand_unit(&s), u2 = bench_rand_unit(&s);
-                const double r = sqrt(-2.0 * log(u1)), a = 6.283185307179586 * u2;
-                x[i * C + j] = (float)(-4.0 + 2.5 * r * cos(a));
-                if (j + 1 < C)
-                    x[i * C + j + 1] = (float)(-4.0 + 2.5 * r * sin(a));
-                grad[i * C + j] = 0.0f;
-                if (j + 1 < C)
-                    grad[i * C + j + 1] = 0.0f;
-            }
-    }
-    uint64_t s = 0xB7E151628AED2A6BULL;
-    if (!bench_zipf_labels(&s, labels, n, C)) {
-        fprintf(stderr, "efl-native-loop: out of memory\n");
-        return 1;
-    }
-    for (size_t j = 0; j < C; ++j) { /* a mid-training state: gamma_j in [2, 10], w_j = gamma_j / 2 */
-        gamma[j] = 2.0f + 8.0f * (float)bench_rand_unit(&s);
-        w[j] = gamma[j] / 2.0f;
-    }
-
-    double t[200], loss = 0.0;
+    double loss = 0.0;
     int reps = 0;
-    loss = step(x, labels, grad, n, C, gamma, w, 0.25f, 1.0f, pos, neg, sums, nthreads); /* warm-up */
-    const double start = now();
-    while (reps < 200 && (reps < 5 || now() - start < 1.0)) {
-        const double t0 = now();
-        loss += step(x, labels, grad, n, C, gamma, w, 0.25f, 1.0f, pos, neg, sums, nthreads);
-        t[reps++] = now() - t0;
-    }
-    qsort(t, (size_t)reps, sizeof *t, cmp);
-    const double med = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
+    const double med = time_steps(&a, n, C, nthreads, &loss, &reps);
     double check = 0.0;
     for (size_t j = 0; j < C; ++j)
-        check += pos[j] + neg[j];
+        check += a.pos[j] + a.neg[j];
     const double elems = (double)n * (double)C;
     printf("native C loop (gcc -O3 -march=native -ffast-math, OpenMP %d threads): N=%zu C=%zu median %.3f ms over "
            "%d reps, %.3f Gelem/s, %.2f GB/s (logits + grad + labels)  [checksum %.6g %.6g]\n",
            nthreads, n, C, med * 1e3, reps, elems / med / 1e9, (elems * 8.0 + (double)n * 4.0) / med / 1e9,
            loss / (reps + 1), check);
-    free(x);
-    free(grad);
-    free(labels);
-    free(gamma);
-    free(w);
-    free(sums);
-    free(pos);
-    free(neg);
+    free_arrays(&a);
     return 0;
 }

@@ -4,13 +4,15 @@
  *   EFL_WGX        columns per work-group of the step and reduce kernels
  *   EFL_APPLY_WG   work-group size of the apply kernel (a power of two)
  *   EFL_FP64       1: accumulate in double (cl_khr_fp64); 0: compensated float pairs
- *   EFL_VW         columns per work-item of the step kernel (1, 4, 8 or 16)
+ *   EFL_VW         lanes of the step kernel's vectors (1, 4, 8 or 16): columns of a row (rows
+ *                  layout) or rows of a class (head layouts)
  *   EFL_FMA        1 where fma is done in hardware (CL_FP_FMA)
- *   EFL_UNROLL     rows per group in the step's row loop (summed plainly, then one Kahan step)
+ *   EFL_UNROLL     visits per group in the step's row loop (summed plainly, then one Kahan step)
  *   EFL_ROW_BARRIER 1: a work-group sweeps each row together (CPU runtimes)
  *   EFL_DTYPE      storage of logits and gradients: 0 float32, 1 float16, 2 bfloat16
  *   EFL_MODE       0 EFL, 1 focal loss (the table never changes), 2 EQLv2 (efl.h efl_mode)
- *   EFL_PLANAR     1: the program's step is efl_step_head.cl (a detection head's levels), else efl_step.cl
+ *   EFL_PLANAR     the step kernel's addressing: 1 a detection head's levels (efl_layout_head.h),
+ *                  0 rows (efl_layout_rows.h)
  *
  * Every formula of the loss lives here, once.
  */
@@ -36,22 +38,8 @@
 #define EFL_PLANAR 0
 #endif
 
-/* ------------------------------------------------------------ label decoding */
-/* (EFL_FLAG_*: efl_protocol.h, compiled before this file) */
-
-/* The row's class column (-1 for background and ignored rows) by efl_decode_label
- * (efl_labels.h, compiled before this file); *valid is 1.0f for rows that take part in the
- * loss; *bad collects EFL_FLAG_INVALID_LABEL. */
-static inline int efl_label_column(int y, int C, int ignore_index, int convention, float *valid, uint *bad)
-{
-    const int col = efl_decode_label(y, C, ignore_index, convention);
-    *valid = col >= EFL_ROW_BACKGROUND ? 1.0f : 0.0f;
-    *bad |= col == EFL_ROW_INVALID ? EFL_FLAG_INVALID_LABEL : 0u;
-    return col >= 0 ? col : -1;
-}
-
 /* ------------------------------------------------------------------- math */
-/* The step kernel works on EFL_VW consecutive columns per work-item (explicit vectors: CPU
+/* The step kernel works on EFL_VW elements per work-item at a time (explicit vectors: CPU
  * runtimes do not vectorise a work-item loop that contains the row loop). floatV is float for
  * EFL_VW == 1 (GPUs), else a vector; the math below is written once for both. */
 #ifndef EFL_VW
@@ -161,12 +149,25 @@ typedef ushort efl_store_t;
      EFL_STORE4((v).scdef, (p), 3))
 #endif
 
-/* 1 if any lane of a comparison result is set (scalar comparisons give 1, vector ones -1) */
+/* 1 if any lane of a comparison result is set (scalar comparisons give 1, vector ones -1). Eight
+ * and sixteen lanes are OR'ed as 64-bit words: PoCL's any() tests them one by one, with
+ * branches, which cost the head layouts' all-negative path more than it saves. Four keep any():
+ * LLVM turns the OR of two words into a shuffle that Oclgrind's uninitialised-value check
+ * cannot run. */
+static inline int efl_any(intV m)
+{
 #if EFL_VW == 1
-#define efl_any(m) ((m) != 0)
+    return m != 0;
+#elif EFL_VW == 4
+    return any(m);
+#elif EFL_VW == 8
+    const ulong4 w = as_ulong4(m);
+    return (w.s0 | w.s1 | w.s2 | w.s3) != 0;
 #else
-#define efl_any(m) any(m)
+    const ulong4 w = as_ulong8(m).lo | as_ulong8(m).hi;
+    return (w.s0 | w.s1 | w.s2 | w.s3) != 0;
 #endif
+}
 
 /* ------------------------------------------------------- refusal per column */
 /* The bits of the first magnitude that the storage type rounds to infinity: float32's infinity
@@ -318,6 +319,39 @@ static inline void efl_kahan_add(floatV *sum, floatV *comp, floatV v)
     *comp = (t - *sum) - y;
     *sum = t;
 }
+
+/* ------------------------------------------------- the step kernel's pieces */
+/* What the step kernel (efl_step.cl) and its layouts' addressing (efl_layout_*.h) share. */
+
+/* The helpers that take these structs are always inlined, so that no struct type is left in a
+ * compiled program: Oclgrind compiles a context's programs into one LLVM context, which renames
+ * a type it has seen (struct.efl_place.1), and a recompiled binary would no longer match the
+ * cached one byte for byte. */
+#define EFL_INLINE static inline __attribute__((always_inline))
+
+/* A work-item's sums over its row block, per lane. */
+typedef struct {
+    floatV pos, pos_c, neg, neg_c, loss, loss_c; /* Kahan sums (efl_kahan_add) and compensations */
+    intV largest_in, largest_out;                /* magnitude bits, see efl_column_flags */
+    uint bad;                                    /* EFL_FLAG_INVALID_LABEL */
+} efl_sums;
+
+/* (member by member: in a braced initializer a scalar would fill a vector's first lane only) */
+EFL_INLINE void efl_sums_zero(efl_sums *s)
+{
+    s->pos = s->pos_c = s->neg = s->neg_c = s->loss = s->loss_c = 0.0f;
+    s->largest_in = s->largest_out = 0;
+    s->bad = 0u;
+}
+
+/* A visit: EFL_VW elements of the work-item, from row r on (efl_layout_*.h efl_visit_at).
+ * (Helpers fill structs through pointers rather than return them: a returned struct is a noalias
+ * pointer to the compiler, and inlined it becomes a scope intrinsic Oclgrind 21.10 cannot run.) */
+typedef struct {
+    size_t first; /* the first element's offset */
+    uint r;
+    int whole; /* one vector (else lane by lane) */
+} efl_visit;
 
 /* Per-class focusing and weighting factors from g (docs/semantics.md "Forward"). */
 #define EFL_GAMMA_J(gamma_b, s, g) ((gamma_b) + (s) * (1 - (g)))

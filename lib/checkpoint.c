@@ -213,8 +213,7 @@ static efl_status restore(efl_loss *loss, cl_command_queue queue, const void *bu
     free(totals);
     if (st != EFL_OK)
         return st;
-    const cl_int err = clFinish(queue); /* blocking, the table made from the state included */
-    return err == CL_SUCCESS ? EFL_OK : efl_cl_fail(loss->ctx, err);
+    return efl_cl_finish(loss->ctx, queue, EFL_OK); /* blocking, the table made from the state included */
 }
 
 efl_status efl_loss_export_checkpoint(efl_loss *loss, cl_command_queue queue, void *buffer, size_t *size)
@@ -308,10 +307,7 @@ static efl_status with_own_queue(efl_loss *loss, const char *path, file_call cal
     cl_command_queue q = clCreateCommandQueue(loss->ctx->context, loss->ctx->device, 0, &err);
     if (err != CL_SUCCESS)
         return efl_cl_fail(loss->ctx, err);
-    efl_status st = call(loss, q, path);
-    err = clFinish(q);
-    if (st == EFL_OK && err != CL_SUCCESS)
-        st = efl_cl_fail(loss->ctx, err);
+    efl_status st = efl_cl_finish(loss->ctx, q, call(loss, q, path));
     clReleaseCommandQueue(q);
     return st;
 }

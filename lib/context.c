@@ -16,6 +16,20 @@ efl_status efl_cl_fail(efl_context *ctx, cl_int err)
     return EFL_ERROR_OPENCL;
 }
 
+efl_status efl_cl_finish(efl_context *ctx, cl_command_queue queue, efl_status st)
+{
+    const cl_int err = clFinish(queue);
+    if (err == CL_SUCCESS)
+        return st;
+    if (st == EFL_OK)
+        return efl_cl_fail(ctx, err);
+    /* the call failed already: its status stands; the code is recorded unless an OpenCL call
+     * of its own failed first (efl_cl_fail's statuses), whose code is kept */
+    if (st != EFL_ERROR_OPENCL && st != EFL_ERROR_OUT_OF_MEMORY)
+        (void)efl_cl_fail(ctx, err);
+    return st;
+}
+
 static void vlog_locked(efl_context *ctx, const char *fmt, va_list ap)
 {
     va_list copy;
@@ -89,8 +103,8 @@ efl_status efl_context_create(cl_context context, cl_device_id device, efl_conte
     atomic_init(&ctx->last_cl_error, 0);
     ctx->context = context;
     ctx->device = device;
-    cl_int qerr = CL_SUCCESS;
-    efl_status st = efl_device_query(device, &ctx->info, &qerr);
+    /* EFL_ERROR_UNSUPPORTED_DEVICE below OpenCL C 1.2 (lib/device.h, EFL_KERNEL_C_*) */
+    efl_status st = efl_device_query(device, &ctx->info);
     if (st != EFL_OK) {
         efl_mutex_destroy(&ctx->lock);
         free(ctx);
@@ -114,6 +128,8 @@ void efl_context_destroy(efl_context *ctx)
     clReleaseContext(ctx->context);
     efl_mutex_destroy(&ctx->lock);
     free(ctx->log);
+    free(ctx->cache_dir); /* efl_context_options (lib/options.c) */
+    free(ctx->tune);
     free(ctx);
 }
 
@@ -148,7 +164,9 @@ efl_status efl_context_warmup(efl_context *ctx)
 {
     if (!ctx)
         return EFL_ERROR_NULL_HANDLE;
-    /* The parameters an LVIS-sized loss would use: the common case is then compiled. */
+    /* What efl_loss_create builds for efl_loss_config_init(&cfg, 1203): the same parameters
+     * (EFL mode, float32, rows layout, float64 totals where the device has them), so the same
+     * build options and cache entry. One program only (efl.h says which). */
     efl_kernel_params kp = efl_device_kernel_params(&ctx->info, 1203);
     cl_program prog = NULL;
     efl_status st = efl_program_get(ctx, &kp, &prog);

@@ -12,30 +12,36 @@ static cl_int get_str(cl_device_id dev, cl_device_info what, char *buf, size_t s
     return err;
 }
 
-efl_status efl_device_query(cl_device_id dev, efl_device_info *info, cl_int *err)
+/* Keeps the first failing code of a sequence of OpenCL calls (OR-ing codes together would make
+ * a number that is no OpenCL code). */
+static void first_err(cl_int *e, cl_int err)
+{
+    if (*e == CL_SUCCESS)
+        *e = err;
+}
+
+efl_status efl_device_query(cl_device_id dev, efl_device_info *info)
 {
     memset(info, 0, sizeof *info);
     char cver[128];
     cl_platform_id plat = NULL;
     cl_int e = CL_SUCCESS;
-    e |= get_str(dev, CL_DEVICE_NAME, info->name, sizeof info->name);
-    e |= get_str(dev, CL_DEVICE_VENDOR, info->vendor, sizeof info->vendor);
-    e |= get_str(dev, CL_DRIVER_VERSION, info->driver, sizeof info->driver);
-    e |= get_str(dev, CL_DEVICE_OPENCL_C_VERSION, cver, sizeof cver);
-    e |= clGetDeviceInfo(dev, CL_DEVICE_TYPE, sizeof info->type, &info->type, NULL);
-    e |= clGetDeviceInfo(dev, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof info->max_wg, &info->max_wg, NULL);
-    e |= clGetDeviceInfo(dev, CL_DEVICE_LOCAL_MEM_SIZE, sizeof info->local_mem, &info->local_mem, NULL);
-    e |= clGetDeviceInfo(dev, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof info->max_alloc, &info->max_alloc, NULL);
-    e |= clGetDeviceInfo(dev, CL_DEVICE_PLATFORM, sizeof plat, &plat, NULL);
-    if (e != CL_SUCCESS) {
-        *err = e;
-        return EFL_ERROR_OPENCL;
-    }
+    first_err(&e, get_str(dev, CL_DEVICE_NAME, info->name, sizeof info->name));
+    first_err(&e, get_str(dev, CL_DEVICE_VENDOR, info->vendor, sizeof info->vendor));
+    first_err(&e, get_str(dev, CL_DRIVER_VERSION, info->driver, sizeof info->driver));
+    first_err(&e, get_str(dev, CL_DEVICE_OPENCL_C_VERSION, cver, sizeof cver));
+    first_err(&e, clGetDeviceInfo(dev, CL_DEVICE_TYPE, sizeof info->type, &info->type, NULL));
+    first_err(&e, clGetDeviceInfo(dev, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof info->max_wg, &info->max_wg, NULL));
+    first_err(&e, clGetDeviceInfo(dev, CL_DEVICE_LOCAL_MEM_SIZE, sizeof info->local_mem, &info->local_mem, NULL));
+    first_err(&e, clGetDeviceInfo(dev, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof info->max_alloc, &info->max_alloc, NULL));
+    first_err(&e, clGetDeviceInfo(dev, CL_DEVICE_PLATFORM, sizeof plat, &plat, NULL));
+    if (e != CL_SUCCESS)
+        return EFL_ERROR_OPENCL; /* no context exists yet to record the code on */
     if (clGetPlatformInfo(plat, CL_PLATFORM_NAME, sizeof info->platform - 1, info->platform, NULL) != CL_SUCCESS)
         info->platform[0] = '\0';
 
     /* "OpenCL C 1.2 ...": NVIDIA's 3.0 platforms still compile OpenCL C 1.2, so never infer this
-     * from the platform version. */
+     * from the platform version. Unparsable: 0.0, refused below. */
     if (sscanf(cver, "OpenCL C %u.%u", &info->c_major, &info->c_minor) != 2)
         info->c_major = info->c_minor = 0;
 
@@ -67,38 +73,94 @@ efl_status efl_device_query(cl_device_id dev, efl_device_info *info, cl_int *err
         }
         free(ext);
     }
-    if (info->c_major == 0 || (info->c_major == 1 && info->c_minor < 2))
+    /* the kernels are OpenCL C EFL_KERNEL_C_MAJOR.EFL_KERNEL_C_MINOR (efl_device_build_options) */
+    if (info->c_major < EFL_KERNEL_C_MAJOR ||
+        (info->c_major == EFL_KERNEL_C_MAJOR && info->c_minor < EFL_KERNEL_C_MINOR))
         return EFL_ERROR_UNSUPPORTED_DEVICE;
     if (info->max_wg < 16)
         return EFL_ERROR_UNSUPPORTED_DEVICE;
     return EFL_OK;
 }
 
-/* EFL_TUNE overrides, each checked against what the kernels and the device accept; an
- * unusable value is ignored. */
+/* EFL_TUNE overrides (or the context's efl_context_options.tune instead), each checked against
+ * what the kernels and the device accept; an unusable value is ignored. */
+/* One "key=value" item; *p moves to the ',' or NUL after it (or wherever the item went wrong). */
+static int tune_item(const char **p, efl_tune *tune)
+{
+    const char *s = *p;
+    while (*s == ' ')
+        ++s;
+    const char *key = s;
+    while (*s >= 'a' && *s <= 'z')
+        ++s;
+    const size_t klen = (size_t)(s - key);
+    while (*s == ' ')
+        ++s;
+    if (klen == 0 || *s != '=')
+        return *p = s, 0;
+    ++s;
+    while (*s == ' ')
+        ++s;
+    if (*s < '0' || *s > '9')
+        return *p = s, 0;
+    unsigned long long v = 0;
+    for (; *s >= '0' && *s <= '9'; ++s)
+        if ((v = v * 10 + (unsigned)(*s - '0')) > 0xFFFFFFFFull)
+            return *p = s, 0;
+    while (*s == ' ')
+        ++s;
+    *p = s;
+    if (*s && *s != ',')
+        return 0;
+#define KEY(name) (klen == sizeof name - 1 && memcmp(key, name, klen) == 0)
+#define TAKE(field, bit, ok) return (ok) ? (tune->field = (unsigned)v, tune->given |= (bit), 1) : 0
+    if (KEY("vw"))
+        TAKE(vw, EFL_TUNE_VW, v == 1 || v == 4 || v == 8 || v == 16);
+    if (KEY("wgx"))
+        TAKE(wgx, EFL_TUNE_WGX, v >= 1);
+    if (KEY("unroll"))
+        TAKE(unroll, EFL_TUNE_UNROLL, v >= 1 && v <= 16);
+    if (KEY("barrier"))
+        TAKE(barrier, EFL_TUNE_BARRIER, v <= 1);
+    if (KEY("rows"))
+        TAKE(rows, EFL_TUNE_ROWS, v >= 1);
+#undef TAKE
+#undef KEY
+    return 0; /* an unknown key */
+}
+
+int efl_tune_parse(const char *text, efl_tune *tune)
+{
+    memset(tune, 0, sizeof *tune);
+    int all_good = 1;
+    const char *t = text ? text : "";
+    while (*t) {
+        all_good &= tune_item(&t, tune);
+        const char *comma = strchr(t, ',');
+        if (!comma)
+            return all_good && !*t;
+        t = comma + 1;
+        if (!*t)
+            all_good = 0; /* a trailing comma */
+    }
+    return all_good;
+}
+
+/* The tune's values that this device and C can take replace the heuristic's. */
 static void apply_tuning(const efl_device_info *info, uint32_t num_classes, efl_kernel_params *kp)
 {
-    const char *t = getenv("EFL_TUNE");
-    while (t && *t) {
-        char key[16];
-        unsigned v;
-        int used = 0;
-        if (sscanf(t, " %15[a-z] = %u%n", key, &v, &used) == 2) {
-            if (!strcmp(key, "vw") && (v == 1 || v == 4 || v == 8 || v == 16) && v <= num_classes)
-                kp->vw = v;
-            else if (!strcmp(key, "wgx") && v >= 1 && v <= info->max_wg)
-                kp->wgx = v;
-            else if (!strcmp(key, "unroll") && v >= 1 && v <= 16)
-                kp->unroll = v;
-            else if (!strcmp(key, "barrier") && v <= 1)
-                kp->row_barrier = (int)v;
-            else if (!strcmp(key, "rows") && v >= 1)
-                kp->rows = v;
-            t += used;
-        }
-        const char *comma = strchr(t, ',');
-        t = comma ? comma + 1 : NULL;
-    }
+    efl_tune tune;
+    efl_tune_parse(info->tune ? info->tune : getenv("EFL_TUNE"), &tune);
+    if ((tune.given & EFL_TUNE_VW) && tune.vw <= num_classes)
+        kp->vw = tune.vw;
+    if ((tune.given & EFL_TUNE_WGX) && tune.wgx <= info->max_wg)
+        kp->wgx = tune.wgx;
+    if (tune.given & EFL_TUNE_UNROLL)
+        kp->unroll = tune.unroll;
+    if (tune.given & EFL_TUNE_BARRIER)
+        kp->row_barrier = (int)tune.barrier;
+    if (tune.given & EFL_TUNE_ROWS)
+        kp->rows = tune.rows;
 }
 
 static efl_kernel_params heuristic(const efl_device_info *info, uint32_t num_classes);
@@ -131,9 +193,8 @@ static efl_kernel_params heuristic(const efl_device_info *info, uint32_t num_cla
         const size_t chunks = ((size_t)num_classes + kp.vw - 1) / kp.vw;
         if (chunks >= 2) {
             /* one work-group sweeps whole rows (a barrier per group of rows): sequential memory
-             * for the prefetchers (measured on PoCL: 1.4x at C = 1203, 1.2x at C = 80 and 365,
-             * equal at 500); groups of 8 rows overlap their chains (1.33x over 1 row, 1.06x over
-             * 4, at C = 1203) */
+             * for the prefetchers; groups of 8 rows overlap their dependency chains
+             * (docs/design.md has the measurements) */
             kp.wgx = (unsigned)(chunks < info->max_wg ? chunks : info->max_wg);
             kp.row_barrier = 1;
             kp.unroll = 8;
@@ -172,7 +233,7 @@ efl_kernel_params efl_device_head_params(const efl_device_info *info, efl_kernel
     kp.planar = 1;
     /* A CPU runs a work-group's work-items one after another between barriers: without one, each
      * streams through its own plane; with one, the group would interleave EFL_WGX planes a vector
-     * at a time, more streams than a prefetcher tracks (efl-bench lvis-anchor: 2.3x slower). */
+     * at a time, more streams than a prefetcher tracks (docs/design.md, "Launch parameters"). */
     if (info->type & CL_DEVICE_TYPE_CPU)
         kp.row_barrier = 0;
     return kp;
@@ -194,17 +255,15 @@ unsigned efl_device_rows_per_block(const efl_device_info *info, const efl_kernel
     const size_t max_blocks = 512;
     size_t min_rows = 32;
     if ((info->type & CL_DEVICE_TYPE_CPU) && kp->planar) {
-        /* efl_step_head on a CPU: each work-item streams down its own class plane, so long blocks
-         * (a few per core) let the prefetcher run; 1024 rows (efl-bench lvis-anchor: 8192-row
-         * blocks ran 2.3x faster than 512) */
+        /* the head layouts on a CPU: each work-item streams down its own class plane, so long
+         * blocks (a few per core, at least 1024 rows) let the prefetcher run */
         const size_t par = (n + 4 * (size_t)info->compute_units - 1) / (4 * (size_t)info->compute_units);
         return (unsigned)(par > 1024 ? par : 1024);
     }
     if (info->type & CL_DEVICE_TYPE_CPU) {
         /* A CPU schedules each group on its own: between 16k and 64k elements per group, and
          * within that four groups per core where N allows, so a small step uses every core
-         * (efl-bench --tune on PoCL: C = 80 lost 20-30% at 256k elements per group; C = 1203
-         * measured alike from 256 to 1024 rows). */
+         * (the bounds come from efl-bench --tune: docs/design.md, "Launch parameters"). */
         const size_t per_group = (size_t)kp->wgx * kp->vw;
         const size_t lo = 16384 / per_group > 32 ? 16384 / per_group : 32;
         const size_t hi = 65536 / per_group > lo ? 65536 / per_group : lo;
@@ -219,11 +278,17 @@ unsigned efl_device_rows_per_block(const efl_device_info *info, const efl_kernel
 
 int efl_device_build_options(const efl_device_info *info, const efl_kernel_params *kp, char *buf, size_t size)
 {
+    /* -cl-std names the language the kernels are written in, not the newest the device knows:
+     * every device efl_device_query accepts compiles it (a 2.0 or 3.0 compiler accepts CL1.2),
+     * and a later standard would change the language under them (2.0's generic address space;
+     * 3.0 makes 2.0's features optional). */
+    (void)info;
     const char *extra = getenv("EFL_BUILD_OPTIONS");
-    int n = snprintf(buf, size, "-cl-std=CL1.2 -DEFL_VW=%u -DEFL_WGX=%u -DEFL_APPLY_WG=%u -DEFL_FP64=%d -DEFL_FMA=%d -DEFL_UNROLL=%u "
-                     "-DEFL_ROW_BARRIER=%d -DEFL_DTYPE=%d -DEFL_MODE=%d -DEFL_PLANAR=%d%s%s",
-                     kp->vw, kp->wgx, kp->apply_wg, kp->fp64, kp->fma, kp->unroll, kp->row_barrier, kp->dtype,
-                     kp->mode, kp->planar, extra ? " " : "", extra ? extra : "");
-    (void)info; /* every supported device compiles OpenCL C 1.2 (efl_device_query) */
+    int n = snprintf(buf, size,
+                     "-cl-std=CL%d.%d -DEFL_VW=%u -DEFL_WGX=%u -DEFL_APPLY_WG=%u -DEFL_FP64=%d -DEFL_FMA=%d "
+                     "-DEFL_UNROLL=%u -DEFL_ROW_BARRIER=%d -DEFL_DTYPE=%d -DEFL_MODE=%d -DEFL_PLANAR=%d%s%s",
+                     EFL_KERNEL_C_MAJOR, EFL_KERNEL_C_MINOR, kp->vw, kp->wgx, kp->apply_wg, kp->fp64, kp->fma,
+                     kp->unroll, kp->row_barrier, kp->dtype, kp->mode, kp->planar, extra ? " " : "",
+                     extra ? extra : "");
     return n > 0 && (size_t)n < size;
 }

@@ -22,6 +22,7 @@ typedef struct {
     int has_fp64;
     int has_fma; /* fma in hardware */
     int host_unified; /* the device works in host memory (CPU runtimes): zero-copy host calls */
+    const char *tune; /* the context's efl_context_options.tune (owned by it); NULL: EFL_TUNE */
 } efl_device_info;
 
 /* What goes into the program's -D defines: everything the kernels specialise on. */
@@ -39,7 +40,28 @@ typedef struct {
     int planar;        /* the step reads a detection head's [B, A*C, H, W] levels */
 } efl_kernel_params;
 
-efl_status efl_device_query(cl_device_id dev, efl_device_info *info, cl_int *err);
+/* The OpenCL C version the kernels are written in: what -cl-std asks for, and the least a device
+ * must compile (its CL_DEVICE_OPENCL_C_VERSION, not the platform's version). */
+#define EFL_KERNEL_C_MAJOR 1
+#define EFL_KERNEL_C_MINOR 2
+
+/* The device's facts. EFL_ERROR_UNSUPPORTED_DEVICE for a device whose OpenCL C is older than
+ * EFL_KERNEL_C_MAJOR.EFL_KERNEL_C_MINOR (or unparsable) or whose work-groups hold fewer than 16
+ * work-items; EFL_ERROR_OPENCL when a query the library needs fails. */
+efl_status efl_device_query(cl_device_id dev, efl_device_info *info);
+
+/* Launch parameters in EFL_TUNE's syntax: "" or comma-separated key=value items (vw, wgx, unroll,
+ * barrier, rows; spaces allowed around both). The one parser of that syntax: the context options
+ * check it strictly, EFL_TUNE is applied item by item as it always was. */
+typedef struct {
+    unsigned vw, wgx, unroll, barrier, rows;
+    unsigned given; /* a bit per key present with a value any device takes: EFL_TUNE_VW ... */
+} efl_tune;
+enum { EFL_TUNE_VW = 1, EFL_TUNE_WGX = 2, EFL_TUNE_UNROLL = 4, EFL_TUNE_BARRIER = 8, EFL_TUNE_ROWS = 16 };
+
+/* Reads every item of text into *tune (an item that is not the syntax, or holds a value no
+ * device takes, is passed over). Returns 1 when every item was good, 0 otherwise. */
+int efl_tune_parse(const char *text, efl_tune *tune);
 
 /* Kernel parameters for C classes on this device: the heuristic, then any override from
  * EFL_TUNE ("vw=16,wgx=76,unroll=1,barrier=1,rows=256", each key optional; efl-bench --tune
@@ -56,8 +78,9 @@ efl_kernel_params efl_device_head_params(const efl_device_info *info, efl_kernel
 /* Columns of the padded layout: C rounded up to whole step work-groups. */
 size_t efl_device_padded_columns(const efl_kernel_params *kp, uint32_t num_classes);
 
-/* Build options: -cl-std from the device's OpenCL C version, the -D defines, and
- * EFL_BUILD_OPTIONS from the environment. Returns 0 if buf was too small. */
+/* Build options: -cl-std=CL1.2 (EFL_KERNEL_C_*: the kernels' language, which every device
+ * efl_device_query accepts compiles), the -D defines, and EFL_BUILD_OPTIONS from the
+ * environment. Returns 0 if buf was too small. */
 int efl_device_build_options(const efl_device_info *info, const efl_kernel_params *kp, char *buf, size_t size);
 
 #endif

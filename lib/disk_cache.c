@@ -83,10 +83,13 @@ static int make_dirs(char *path)
 
 int efl_disk_cache_dir(efl_context *ctx, char *dir, size_t size)
 {
-    const char *env = getenv("EFL_CACHE_DIR"), *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    if (ctx->cache_dir && !*ctx->cache_dir)
+        return 0; /* efl_context_options.cache_dir "": off */
+    const char *env = ctx->cache_dir ? ctx->cache_dir : getenv("EFL_CACHE_DIR");
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
     int n;
     if (env && *env) {
-        if (strcmp(env, "off") == 0)
+        if (!ctx->cache_dir && strcmp(env, "off") == 0)
             return 0;
         n = snprintf(dir, size, "%s", env);
     } else if (xdg && *xdg) {

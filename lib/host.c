@@ -66,16 +66,18 @@ static int labels_valid(const efl_loss *loss, const int32_t *labels, size_t n)
     return 1;
 }
 
-/* Where the device works in host memory (CPU runtimes), the caller's arrays become the buffers
- * (CL_MEM_USE_HOST_PTR): no copy of the logits in or of the gradient out. Returns NULL where
- * that does not apply or fails; the caller then stages. EFL_HOST_STAGING=1 forces staging (the
- * path discrete GPUs take), so that it is tested on any machine. */
+/* Whether the device works in host memory (CPU runtimes), so that the caller's arrays can become
+ * the buffers (CL_MEM_USE_HOST_PTR): no copy of the logits in or of the gradient out.
+ * EFL_HOST_STAGING=1 forces staging (the path discrete GPUs take), so that it is tested on any
+ * machine. */
 static int zero_copy_possible(const efl_loss *loss)
 {
     const char *force = getenv("EFL_HOST_STAGING");
     return loss->ctx->info.host_unified && !(force && *force && strcmp(force, "0") != 0);
 }
 
+/* The caller's array as a buffer; NULL where zero copy does not apply or the wrap fails (the
+ * caller then stages). */
 static cl_mem wrap_host(efl_loss *loss, const void *ptr, size_t bytes, cl_mem_flags access)
 {
     if (!zero_copy_possible(loss))
@@ -85,127 +87,195 @@ static cl_mem wrap_host(efl_loss *loss, const void *ptr, size_t bytes, cl_mem_fl
     return err == CL_SUCCESS ? m : NULL;
 }
 
-typedef enum { HOST_FORWARD, HOST_STEP, HOST_ACCUMULATE } host_op;
-
-static void release_wrapped(cl_mem *x, cl_mem *y, cl_mem *g)
+/* Where an output buffer is the caller's array, a map and unmap is what makes the device's writes
+ * visible there (by the OpenCL spec); else a blocking read into the array. The unmap is
+ * enqueued: the queue must finish before the call returns. */
+static cl_int deliver(cl_command_queue q, cl_mem m, void *array, size_t bytes)
 {
-    cl_mem *all[3] = {x, y, g};
+    void *host = NULL;
+    cl_int err = clGetMemObjectInfo(m, CL_MEM_HOST_PTR, sizeof host, &host, NULL);
+    if (err != CL_SUCCESS || host != array)
+        return err != CL_SUCCESS ? err : clEnqueueReadBuffer(q, m, CL_TRUE, 0, bytes, array, 0, NULL, NULL);
+    void *p = clEnqueueMapBuffer(q, m, CL_TRUE, CL_MAP_READ, 0, bytes, 0, NULL, NULL, &err);
+    return err == CL_SUCCESS ? clEnqueueUnmapMemObject(q, m, p, 0, NULL, NULL) : err;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The rows layout: efl_loss_step_host, _forward_host, _accumulate_host and their typed forms.
+ * Stages: check (nothing enqueued or written on a refusal) -> stage the inputs -> enqueue and
+ * wait for the device's verdict -> deliver the outputs of an accepted call. They run on the
+ * loss's persistent staging buffers, or on the caller's arrays themselves (zero copy). */
+
+/* One call: x is the logits, or the caller's gradient for EFL_OP_ACCUMULATE. */
+typedef struct {
+    efl_op op; /* EFL_OP_STEP, _FORWARD or _ACCUMULATE */
+    efl_dtype dtype;
+    const void *x;
+    const int32_t *labels;
+    size_t n;
+    float normalizer;
+    efl_reduction reduction;
+    float grad_scale;
+    float *loss_out; /* one float: the reduced loss (not for accumulate) */
+    void *grad_out;  /* a step's gradient; may be NULL */
+} host_call;
+
+/* What the kernels of one call read and write. */
+typedef struct {
+    cl_mem wrapped[3]; /* the caller's x, labels, gradient as buffers (zero copy); released after */
+    cl_mem x, labels, grad;
+    size_t bytes; /* of x and of the gradient: n * C elements of the dtype */
+    int want_grad; /* a step with a gradient array to fill */
+} host_call_buffers;
+
+static void release_wrapped(host_call_buffers *hb)
+{
     for (int i = 0; i < 3; ++i) {
-        if (*all[i])
-            clReleaseMemObject(*all[i]);
-        *all[i] = NULL;
+        if (hb->wrapped[i])
+            clReleaseMemObject(hb->wrapped[i]);
+        hb->wrapped[i] = NULL;
     }
 }
 
-/* One call on host arrays: x is the logits, or the caller's gradient for HOST_ACCUMULATE. */
-static efl_status run_host(efl_loss *loss, host_op op, efl_dtype dtype, const void *x_host, const int32_t *labels,
-                           size_t n, float normalizer, efl_reduction reduction, float grad_scale, float *loss_out,
-                           void *grad_out)
+/* Everything the host can check. A refusal here has enqueued and written nothing. */
+static efl_status check_host_call(const efl_loss *loss, const host_call *c)
 {
-    if (!loss)
-        return EFL_ERROR_NULL_HANDLE;
-    if (op != HOST_ACCUMULATE && reduction == EFL_REDUCTION_NONE) {
-        /* loss_out holds one loss per element: the general path */
-        efl_host_batch b;
-        efl_host_batch_init(&b);
-        b.dtype = dtype;
-        b.rows = n;
-        b.input[0] = x_host;
-        b.grad[0] = grad_out;
-        b.loss_elems[0] = loss_out;
-        b.labels = labels;
-        b.reduction = reduction;
-        b.normalizer = normalizer;
-        return efl_loss_run_host(loss, op == HOST_STEP ? EFL_OP_STEP : EFL_OP_FORWARD, &b);
-    }
-    if ((op != HOST_ACCUMULATE && !loss_out) || (n > 0 && (!x_host || !labels)))
+    if ((c->op != EFL_OP_ACCUMULATE && !c->loss_out) || (c->n > 0 && (!c->x || !c->labels)))
         return EFL_ERROR_NULL_BUFFER;
-    const size_t C = loss->cfg.num_classes, esize = efl_dtype_size(dtype);
+    const size_t C = loss->cfg.num_classes, esize = efl_dtype_size(c->dtype);
     if (esize == 0)
         return EFL_ERROR_INVALID_DTYPE;
-    if (n > SIZE_MAX / sizeof(float) / C)
+    if (c->n > SIZE_MAX / sizeof(float) / C)
         return EFL_ERROR_TOO_MANY_ROWS;
-    /* outputs overlapping the inputs or each other: refused before anything is written */
-    const efl_host_range ranges[4] = {{x_host, n * C * esize, 0},
-                                      {labels, n * sizeof(int32_t), 0},
-                                      {op == HOST_STEP ? grad_out : NULL, n * C * esize, 1},
-                                      {op != HOST_ACCUMULATE ? loss_out : NULL, sizeof(float), 1}};
-    efl_status st = efl_check_host_ranges(ranges, 4);
-    if (st == EFL_OK)
-        st = ensure_staging(loss, 1);
+    const size_t bytes = c->n * C * esize;
+    const efl_host_range ranges[4] = {{c->x, bytes, 0},
+                                      {c->labels, c->n * sizeof(int32_t), 0},
+                                      {c->op == EFL_OP_STEP ? c->grad_out : NULL, bytes, 1},
+                                      {c->op != EFL_OP_ACCUMULATE ? c->loss_out : NULL, sizeof(float), 1}};
+    return efl_check_host_ranges(ranges, 4);
+}
+
+/* The inputs on the device, and where the gradient goes. The caller's arrays themselves (zero
+ * copy) where the device shares host memory, the labels are valid and, for a gradient array,
+ * efl_host_step_cannot_be_refused has proved that the device cannot refuse the step (the
+ * gradient is written while the step runs); otherwise non-blocking copies into the staging
+ * buffers (sized for float32, so any storage type fits), which read the caller's arrays until
+ * the queue finishes. */
+static efl_status stage_host_call(efl_loss *loss, const host_call *c, host_call_buffers *hb)
+{
+    memset(hb, 0, sizeof *hb);
+    const size_t count = c->n * loss->cfg.num_classes;
+    hb->bytes = count * efl_dtype_size(c->dtype);
+    hb->want_grad = c->op == EFL_OP_STEP && c->grad_out;
+    efl_status st = ensure_staging(loss, 1); /* the queue and the loss output */
     if (st != EFL_OK)
         return st;
     cl_command_queue q = loss->host_queue;
-    cl_int err = CL_SUCCESS;
-    const int want_grad = op == HOST_STEP && grad_out;
-
-    /* Zero copy where the device shares host memory, else staging buffers (sized for float32,
-     * so any storage type fits). */
-    cl_mem x = NULL, y = NULL, g = NULL;
-    /* the caller's gradient is written while the step runs: only a step that cannot be refused
-     * may write it there (efl_host_step_cannot_be_refused) */
-    const size_t count = n * C;
-    const int direct = n > 0 && zero_copy_possible(loss) && labels_valid(loss, labels, n) &&
-                       (!want_grad ||
-                        efl_host_step_cannot_be_refused(loss, q, dtype, &x_host, &count, 1, n, normalizer, reduction));
+    const int direct = c->n > 0 && zero_copy_possible(loss) && labels_valid(loss, c->labels, c->n) &&
+                       (!hb->want_grad || efl_host_step_cannot_be_refused(loss, q, c->dtype, &c->x, &count, 1, c->n,
+                                                                          c->normalizer, c->reduction));
     if (direct) {
-        x = wrap_host(loss, x_host, n * C * esize, CL_MEM_READ_ONLY);
-        y = x ? wrap_host(loss, labels, n * sizeof(cl_int), CL_MEM_READ_ONLY) : NULL;
-        g = y && want_grad ? wrap_host(loss, grad_out, n * C * esize, CL_MEM_WRITE_ONLY) : NULL;
-    }
-    const int zero_copy = y && (g || !want_grad);
-    if (!zero_copy) {
-        release_wrapped(&x, &y, &g);
-        if ((st = ensure_staging(loss, n > 0 ? n : 1)) != EFL_OK)
-            return st;
-        if (n > 0) {
-            err = clEnqueueWriteBuffer(q, loss->host_x, CL_FALSE, 0, n * C * esize, x_host, 0, NULL, NULL);
-            if (err == CL_SUCCESS)
-                err = clEnqueueWriteBuffer(q, loss->host_y, CL_FALSE, 0, n * sizeof(cl_int), labels, 0, NULL, NULL);
-            if (err != CL_SUCCESS)
-                return efl_cl_fail(loss->ctx, err);
+        cl_mem *w = hb->wrapped;
+        w[0] = wrap_host(loss, c->x, hb->bytes, CL_MEM_READ_ONLY);
+        w[1] = w[0] ? wrap_host(loss, c->labels, c->n * sizeof(cl_int), CL_MEM_READ_ONLY) : NULL;
+        w[2] = w[1] && hb->want_grad ? wrap_host(loss, c->grad_out, hb->bytes, CL_MEM_WRITE_ONLY) : NULL;
+        if (w[1] && (w[2] || !hb->want_grad)) {
+            /* a step without a gradient array still needs a place for its gradient */
+            if (c->op == EFL_OP_STEP && !c->grad_out && (st = ensure_staging(loss, c->n)) != EFL_OK)
+                return st;
+            hb->x = w[0];
+            hb->labels = w[1];
+            hb->grad = w[2] ? w[2] : loss->host_g;
+            return EFL_OK;
         }
-    } else if (op == HOST_STEP && !grad_out && (st = ensure_staging(loss, n)) != EFL_OK) {
-        release_wrapped(&x, &y, &g);
+        release_wrapped(hb); /* a wrap failed: stage instead */
+    }
+    if ((st = ensure_staging(loss, c->n > 0 ? c->n : 1)) != EFL_OK)
         return st;
+    hb->x = loss->host_x;
+    hb->labels = loss->host_y;
+    hb->grad = loss->host_g;
+    if (c->n == 0)
+        return EFL_OK;
+    cl_int err = clEnqueueWriteBuffer(q, loss->host_x, CL_FALSE, 0, hb->bytes, c->x, 0, NULL, NULL);
+    if (err == CL_SUCCESS)
+        err = clEnqueueWriteBuffer(q, loss->host_y, CL_FALSE, 0, c->n * sizeof(cl_int), c->labels, 0, NULL, NULL);
+    return err == CL_SUCCESS ? EFL_OK : efl_cl_fail(loss->ctx, err);
+}
+
+/* The call on the loss's queue, then the device's verdict (waits): EFL_OK only for a call the
+ * device accepted. */
+static efl_status enqueue_host_call(efl_loss *loss, const host_call *c, const host_call_buffers *hb)
+{
+    cl_command_queue q = loss->host_queue;
+    efl_status st = EFL_OK;
+    switch (c->op) {
+    case EFL_OP_STEP:
+        st = efl_enqueue_step_typed(loss, q, c->dtype, hb->x, hb->labels, c->n, c->normalizer, c->reduction,
+                                    loss->host_loss, hb->grad, 0, NULL, NULL);
+        break;
+    case EFL_OP_FORWARD:
+        st = efl_enqueue_forward_typed(loss, q, c->dtype, hb->x, hb->labels, c->n, c->normalizer, c->reduction,
+                                       loss->host_loss, 0, NULL, NULL);
+        break;
+    default:
+        st = efl_enqueue_accumulate(loss, q, c->dtype, hb->x, hb->labels, c->n, c->grad_scale, 0, NULL, NULL);
+        break;
     }
-    cl_mem bx = zero_copy ? x : loss->host_x, by = zero_copy ? y : loss->host_y, bg = g ? g : loss->host_g;
-    switch (op) {
-    case HOST_STEP:
-        st = efl_enqueue_step_typed(loss, q, dtype, bx, by, n, normalizer, reduction, loss->host_loss, bg, 0, NULL,
-                                    NULL);
-        break;
-    case HOST_FORWARD:
-        st = efl_enqueue_forward_typed(loss, q, dtype, bx, by, n, normalizer, reduction, loss->host_loss, 0, NULL,
-                                       NULL);
-        break;
-    case HOST_ACCUMULATE:
-        st = efl_enqueue_accumulate(loss, q, dtype, bx, by, n, grad_scale, 0, NULL, NULL);
-        break;
-    }
-    if (st == EFL_OK)
-        st = efl_loss_query_status(loss, q); /* waits; only a step the device accepted goes out */
+    return st == EFL_OK ? efl_loss_query_status(loss, q) : st;
+}
+
+/* An accepted call's outputs: the gradient into the caller's array (read from staging, or made
+ * visible where it was written in place), the loss value into *value (the caller stores it once
+ * the queue has finished). */
+static efl_status deliver_host_call(efl_loss *loss, const host_call *c, const host_call_buffers *hb, float *value)
+{
+    if (c->op == EFL_OP_ACCUMULATE)
+        return EFL_OK;
+    cl_command_queue q = loss->host_queue;
+    cl_int err = clEnqueueReadBuffer(q, loss->host_loss, CL_TRUE, 0, sizeof *value, value, 0, NULL, NULL);
+    if (err == CL_SUCCESS && hb->want_grad && c->n > 0)
+        err = deliver(q, hb->grad, c->grad_out, hb->bytes);
+    return err == CL_SUCCESS ? EFL_OK : efl_cl_fail(loss->ctx, err);
+}
+
+/* EFL_REDUCTION_NONE: the general path (efl_loss_run_host). */
+static efl_status run_host_elementwise(efl_loss *loss, const host_call *c)
+{
+    efl_host_batch b;
+    efl_host_batch_init(&b);
+    b.dtype = c->dtype;
+    b.rows = c->n;
+    b.input[0] = c->x;
+    b.grad[0] = c->grad_out;
+    b.loss_elems[0] = c->loss_out;
+    b.labels = c->labels;
+    b.reduction = c->reduction;
+    b.normalizer = c->normalizer;
+    return efl_loss_run_host(loss, c->op, &b);
+}
+
+static efl_status run_host(efl_loss *loss, const host_call *c)
+{
+    if (!loss)
+        return EFL_ERROR_NULL_HANDLE;
+    if (c->op != EFL_OP_ACCUMULATE && c->reduction == EFL_REDUCTION_NONE)
+        return run_host_elementwise(loss, c); /* loss_out holds one loss per element */
+    efl_status st = check_host_call(loss, c);
+    if (st != EFL_OK)
+        return st;
+    host_call_buffers hb;
     float value = 0.0f;
-    if (st == EFL_OK && op != HOST_ACCUMULATE) {
-        err = clEnqueueReadBuffer(q, loss->host_loss, CL_TRUE, 0, sizeof value, &value, 0, NULL, NULL);
-        if (err == CL_SUCCESS && g) {
-            /* map and unmap: what makes the gradient visible in the caller's array by the spec */
-            void *p = clEnqueueMapBuffer(q, g, CL_TRUE, CL_MAP_READ, 0, n * C * esize, 0, NULL, NULL, &err);
-            if (err == CL_SUCCESS)
-                err = clEnqueueUnmapMemObject(q, g, p, 0, NULL, NULL);
-            if (err == CL_SUCCESS)
-                err = clFinish(q);
-        } else if (err == CL_SUCCESS && want_grad && n > 0) {
-            err = clEnqueueReadBuffer(q, loss->host_g, CL_TRUE, 0, n * C * esize, grad_out, 0, NULL, NULL);
-        }
-        if (err != CL_SUCCESS)
-            st = efl_cl_fail(loss->ctx, err);
-    } else if (st != EFL_OK) {
-        clFinish(q); /* the staging writes read the caller's arrays */
-    }
-    release_wrapped(&x, &y, &g);
-    if (st == EFL_OK && loss_out)
-        *loss_out = value;
+    st = stage_host_call(loss, c, &hb);
+    if (st == EFL_OK)
+        st = enqueue_host_call(loss, c, &hb);
+    if (st == EFL_OK)
+        st = deliver_host_call(loss, c, &hb, &value);
+    if (loss->host_queue) /* the staging copies read the caller's arrays; an unmap may be pending */
+        st = efl_cl_finish(loss->ctx, loss->host_queue, st);
+    release_wrapped(&hb);
+    if (st == EFL_OK && c->loss_out)
+        *c->loss_out = value;
     return st;
 }
 
@@ -213,13 +283,15 @@ efl_status efl_loss_step_host_typed(efl_loss *loss, efl_dtype dtype, const void 
                                     size_t n, float normalizer, efl_reduction reduction, float *loss_out,
                                     void *grad_out)
 {
-    return run_host(loss, HOST_STEP, dtype, logits, labels, n, normalizer, reduction, 1.0f, loss_out, grad_out);
+    const host_call c = {EFL_OP_STEP, dtype, logits, labels, n, normalizer, reduction, 1.0f, loss_out, grad_out};
+    return run_host(loss, &c);
 }
 
 efl_status efl_loss_forward_host_typed(efl_loss *loss, efl_dtype dtype, const void *logits, const int32_t *labels,
                                        size_t n, float normalizer, efl_reduction reduction, float *loss_out)
 {
-    return run_host(loss, HOST_FORWARD, dtype, logits, labels, n, normalizer, reduction, 1.0f, loss_out, NULL);
+    const host_call c = {EFL_OP_FORWARD, dtype, logits, labels, n, normalizer, reduction, 1.0f, loss_out, NULL};
+    return run_host(loss, &c);
 }
 
 efl_status efl_loss_step_host(efl_loss *loss, const float *logits, const int32_t *labels, size_t n, float normalizer,
@@ -238,7 +310,8 @@ efl_status efl_loss_forward_host(efl_loss *loss, const float *logits, const int3
 efl_status efl_loss_accumulate_host(efl_loss *loss, efl_dtype dtype, const void *grad, const int32_t *labels, size_t n,
                                     float grad_scale)
 {
-    return run_host(loss, HOST_ACCUMULATE, dtype, grad, labels, n, 1.0f, EFL_REDUCTION_SUM, grad_scale, NULL, NULL);
+    const host_call c = {EFL_OP_ACCUMULATE, dtype, grad, labels, n, 1.0f, EFL_REDUCTION_SUM, grad_scale, NULL, NULL};
+    return run_host(loss, &c);
 }
 
 efl_status efl_loss_skipped_steps_host(efl_loss *loss, uint32_t *count)
@@ -265,9 +338,7 @@ efl_status efl_loss_write_state_host(efl_loss *loss, const double *pos_grad, con
     efl_status st = ensure_queue(loss);
     if (st == EFL_OK)
         st = efl_loss_write_state(loss, loss->host_queue, pos_grad, neg_grad, pos_neg);
-    if (st == EFL_OK)
-        st = clFinish(loss->host_queue) == CL_SUCCESS ? EFL_OK : EFL_ERROR_OPENCL;
-    return st;
+    return st == EFL_OK ? efl_cl_finish(loss->ctx, loss->host_queue, st) : st;
 }
 
 efl_status efl_loss_reset_state_host(efl_loss *loss)
@@ -277,9 +348,7 @@ efl_status efl_loss_reset_state_host(efl_loss *loss)
     efl_status st = ensure_queue(loss);
     if (st == EFL_OK)
         st = efl_loss_reset_state(loss, loss->host_queue);
-    if (st == EFL_OK)
-        st = clFinish(loss->host_queue) == CL_SUCCESS ? EFL_OK : EFL_ERROR_OPENCL;
-    return st;
+    return st == EFL_OK ? efl_cl_finish(loss->ctx, loss->host_queue, st) : st;
 }
 
 void efl_host_batch_init(efl_host_batch *batch)
@@ -290,19 +359,13 @@ void efl_host_batch_init(efl_host_batch *batch)
     EFL_BATCH_DEFAULTS(batch);
 }
 
-/* A buffer for a host input: the array itself where the device shares host memory, else a copy. */
-static cl_mem host_input(efl_loss *loss, const void *ptr, size_t bytes, cl_int *err)
-{
-    cl_mem m = wrap_host(loss, ptr, bytes, CL_MEM_READ_ONLY);
-    if (m)
-        return m;
-    return clCreateBuffer(loss->ctx->context, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, bytes, (void *)ptr, err);
-}
-
-/* efl_loss_run_host: buffers made for this call. Outputs are device buffers read back only once
- * the device has accepted the batch, so a refused one leaves the caller's arrays as they were;
- * or, where the device shares host memory and the batch cannot be refused
- * (efl_host_step_cannot_be_refused), the caller's arrays themselves (host_output). */
+/* ------------------------------------------------------------------------------------------
+ * efl_loss_run_host: any layout and op, on buffers made for the call. Stages as above: check ->
+ * stage (inputs wrapped or copied, outputs placed) -> enqueue and wait for the verdict ->
+ * deliver. An output is a device buffer read back only once the device has accepted the batch,
+ * so a refused one leaves the caller's arrays as they were; or, where the device shares host
+ * memory and efl_host_step_cannot_be_refused has proved that the batch cannot be refused, the
+ * caller's array itself (host_output). */
 typedef struct {
     cl_mem in[EFL_MAX_LEVELS], grad[EFL_MAX_LEVELS], elems[EFL_MAX_LEVELS], labels, loss;
 } host_buffers;
@@ -315,6 +378,15 @@ static void release_host_buffers(host_buffers *hb)
             clReleaseMemObject(all[i]);
 }
 
+/* A buffer for a host input: the array itself where the device shares host memory, else a copy. */
+static cl_mem host_input(efl_loss *loss, const void *ptr, size_t bytes, cl_int *err)
+{
+    cl_mem m = wrap_host(loss, ptr, bytes, CL_MEM_READ_ONLY);
+    if (m)
+        return m;
+    return clCreateBuffer(loss->ctx->context, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, bytes, (void *)ptr, err);
+}
+
 /* An output buffer of elements' bytes: the caller's array where the batch goes direct, else
  * one of the device's (also where the caller passed none: a NULL grad still needs a place). */
 static cl_mem host_output(efl_loss *loss, int direct, void *array, size_t bytes, cl_int *err)
@@ -323,20 +395,91 @@ static cl_mem host_output(efl_loss *loss, int direct, void *array, size_t bytes,
     return m ? m : clCreateBuffer(loss->ctx->context, CL_MEM_WRITE_ONLY, bytes, NULL, err);
 }
 
-/* Where an output buffer is the caller's array, a map and unmap is what makes the device's writes
- * visible there (by the OpenCL spec); else a read. */
-static cl_int deliver(cl_command_queue q, cl_mem m, void *array, size_t bytes)
+/* Whether the batch writes one loss per element (loss_elems) rather than a reduced loss. */
+static int host_batch_elementwise(efl_op op, const efl_host_batch *b)
 {
-    void *host = NULL;
-    cl_int err = clGetMemObjectInfo(m, CL_MEM_HOST_PTR, sizeof host, &host, NULL);
-    if (err != CL_SUCCESS || host != array)
-        return err != CL_SUCCESS ? err : clEnqueueReadBuffer(q, m, CL_TRUE, 0, bytes, array, 0, NULL, NULL);
-    void *p = clEnqueueMapBuffer(q, m, CL_TRUE, CL_MAP_READ, 0, bytes, 0, NULL, NULL, &err);
-    return err == CL_SUCCESS ? clEnqueueUnmapMemObject(q, m, p, 0, NULL, NULL) : err;
+    return !efl_op_collects(op) && b->reduction == EFL_REDUCTION_NONE;
 }
 
-static efl_status read_outputs(efl_loss *loss, efl_op op, const efl_host_batch *b, const host_buffers *hb,
-                               const size_t *elems, uint32_t levels, size_t rows)
+/* The batch's shape into bt (its buffers stay NULL) and through the device call's checks
+ * (efl_batch_shape: elems per level, levels, rows), then the host arrays: present where needed,
+ * no output overlapping an input or another output. A refusal here has enqueued and written
+ * nothing. */
+static efl_status check_host_batch(const efl_loss *loss, efl_op op, const efl_host_batch *b, efl_batch *bt,
+                                   size_t *elems, uint32_t *levels, size_t *rows)
+{
+    efl_batch_init(bt);
+    bt->layout = b->layout;
+    bt->dtype = b->dtype;
+    bt->rows = b->rows;
+    bt->images = b->images;
+    bt->anchors = b->anchors;
+    bt->levels = b->levels;
+    memcpy(bt->height, b->height, sizeof bt->height);
+    memcpy(bt->width, b->width, sizeof bt->width);
+    bt->reduction = b->reduction;
+    bt->normalizer = b->normalizer;
+    bt->grad_scale = b->grad_scale;
+    if (efl_dtype_size(b->dtype) == 0)
+        return EFL_ERROR_INVALID_DTYPE;
+    efl_status st = efl_batch_shape(loss, bt, elems, levels, rows);
+    if (st != EFL_OK)
+        return st;
+    const int elementwise = host_batch_elementwise(op, b);
+    if (!efl_op_collects(op) && !elementwise && !b->loss)
+        return EFL_ERROR_NULL_BUFFER;
+    for (uint32_t l = 0; l < *levels && *rows > 0; ++l)
+        if (!b->input[l] || (elementwise && !b->loss_elems[l]))
+            return EFL_ERROR_NULL_BUFFER;
+    if (*rows > 0 && !b->labels)
+        return EFL_ERROR_NULL_BUFFER;
+    return efl_check_host_batch_aliasing(op, b, elems, *levels, *rows);
+}
+
+/* The batch's buffers (hb), inputs and outputs; the outputs go direct (host_output) only where
+ * the device shares host memory, the labels are valid and the batch cannot be refused. */
+static efl_status stage_host_batch(efl_loss *loss, efl_op op, const efl_host_batch *b, const size_t *elems,
+                                   uint32_t levels, size_t rows, host_buffers *hb)
+{
+    memset(hb, 0, sizeof *hb);
+    const size_t esize = efl_dtype_size(b->dtype);
+    const int elementwise = host_batch_elementwise(op, b);
+    const int writes = efl_op_writes_grad(op) || elementwise;
+    const int direct = writes && rows > 0 && zero_copy_possible(loss) && labels_valid(loss, b->labels, rows) &&
+                       efl_host_step_cannot_be_refused(loss, loss->host_queue, b->dtype, b->input, elems, levels,
+                                                       rows, b->normalizer, b->reduction);
+    cl_int err = CL_SUCCESS;
+    if (rows > 0)
+        hb->labels = host_input(loss, b->labels, rows * sizeof(cl_int), &err);
+    for (uint32_t l = 0; l < levels && rows > 0 && err == CL_SUCCESS; ++l) {
+        hb->in[l] = host_input(loss, b->input[l], elems[l] * esize, &err);
+        if (efl_op_writes_grad(op) && err == CL_SUCCESS)
+            hb->grad[l] = host_output(loss, direct, b->grad[l], elems[l] * esize, &err);
+        if (elementwise && err == CL_SUCCESS)
+            hb->elems[l] = host_output(loss, direct, b->loss_elems[l], elems[l] * esize, &err);
+    }
+    if (err == CL_SUCCESS)
+        hb->loss = clCreateBuffer(loss->ctx->context, CL_MEM_READ_WRITE, sizeof(float), NULL, &err);
+    return err == CL_SUCCESS ? EFL_OK : efl_cl_fail(loss->ctx, err);
+}
+
+/* The batch on the loss's queue, then the device's verdict (waits): EFL_OK only for a batch the
+ * device accepted. */
+static efl_status enqueue_host_batch(efl_loss *loss, efl_op op, efl_batch *bt, const host_buffers *hb)
+{
+    memcpy(bt->input, hb->in, sizeof bt->input);
+    memcpy(bt->grad, hb->grad, sizeof bt->grad);
+    memcpy(bt->loss_elems, hb->elems, sizeof bt->loss_elems);
+    bt->labels = hb->labels;
+    bt->loss = hb->loss;
+    const efl_status st = efl_enqueue_batch(loss, loss->host_queue, op, bt, 0, NULL, NULL);
+    return st == EFL_OK ? efl_loss_query_status(loss, loss->host_queue) : st;
+}
+
+/* An accepted batch's outputs: gradients and per-element losses into the caller's arrays, the
+ * reduced loss (if the op has one) into *value (stored once the queue has finished). */
+static efl_status deliver_host_batch(efl_loss *loss, efl_op op, const efl_host_batch *b, const host_buffers *hb,
+                                     const size_t *elems, uint32_t levels, size_t rows, float *value)
 {
     cl_command_queue q = loss->host_queue;
     const size_t esize = efl_dtype_size(b->dtype);
@@ -347,8 +490,8 @@ static efl_status read_outputs(efl_loss *loss, efl_op op, const efl_host_batch *
         if (hb->elems[l] && err == CL_SUCCESS)
             err = deliver(q, hb->elems[l], b->loss_elems[l], elems[l] * esize);
     }
-    if (!efl_op_collects(op) && b->reduction != EFL_REDUCTION_NONE && err == CL_SUCCESS)
-        err = clEnqueueReadBuffer(q, hb->loss, CL_TRUE, 0, sizeof(float), b->loss, 0, NULL, NULL);
+    if (!efl_op_collects(op) && !host_batch_elementwise(op, b) && err == CL_SUCCESS)
+        err = clEnqueueReadBuffer(q, hb->loss, CL_TRUE, 0, sizeof *value, value, 0, NULL, NULL);
     return err == CL_SUCCESS ? EFL_OK : efl_cl_fail(loss->ctx, err);
 }
 
@@ -356,76 +499,25 @@ efl_status efl_loss_run_host(efl_loss *loss, efl_op op, const efl_host_batch *b)
 {
     if (!loss || !b)
         return EFL_ERROR_NULL_HANDLE;
-    /* the shape first, through the same checks as the device call */
     efl_batch bt;
-    efl_batch_init(&bt);
-    bt.layout = b->layout;
-    bt.dtype = b->dtype;
-    bt.rows = b->rows;
-    bt.images = b->images;
-    bt.anchors = b->anchors;
-    bt.levels = b->levels;
-    memcpy(bt.height, b->height, sizeof bt.height);
-    memcpy(bt.width, b->width, sizeof bt.width);
-    bt.reduction = b->reduction;
-    bt.normalizer = b->normalizer;
-    bt.grad_scale = b->grad_scale;
     size_t elems[EFL_MAX_LEVELS], rows = 0;
     uint32_t levels = 0;
-    const size_t esize = efl_dtype_size(b->dtype);
-    if (esize == 0)
-        return EFL_ERROR_INVALID_DTYPE;
-    efl_status st = efl_batch_shape(loss, &bt, elems, &levels, &rows);
+    efl_status st = check_host_batch(loss, op, b, &bt, elems, &levels, &rows);
+    if (st == EFL_OK)
+        st = ensure_queue(loss);
     if (st != EFL_OK)
         return st;
-    const int elementwise = !efl_op_collects(op) && b->reduction == EFL_REDUCTION_NONE;
-    if (!efl_op_collects(op) && !elementwise && !b->loss)
-        return EFL_ERROR_NULL_BUFFER;
-    for (uint32_t l = 0; l < levels && rows > 0; ++l)
-        if (!b->input[l] || (elementwise && !b->loss_elems[l]))
-            return EFL_ERROR_NULL_BUFFER;
-    if (rows > 0 && !b->labels)
-        return EFL_ERROR_NULL_BUFFER;
-    if ((st = efl_check_host_batch_aliasing(op, b, elems, levels, rows)) != EFL_OK)
-        return st;
-    if ((st = ensure_queue(loss)) != EFL_OK)
-        return st;
-
     host_buffers hb;
-    memset(&hb, 0, sizeof hb);
-    cl_context cx = loss->ctx->context;
-    cl_int err = CL_SUCCESS;
-    const int writes = efl_op_writes_grad(op) || elementwise;
-    const int direct = writes && rows > 0 && zero_copy_possible(loss) && labels_valid(loss, b->labels, rows) &&
-                efl_host_step_cannot_be_refused(loss, loss->host_queue, b->dtype, b->input, elems, levels, rows,
-                                                b->normalizer, b->reduction);
-    if (rows > 0)
-        hb.labels = host_input(loss, b->labels, rows * sizeof(cl_int), &err);
-    for (uint32_t l = 0; l < levels && rows > 0 && err == CL_SUCCESS; ++l) {
-        hb.in[l] = host_input(loss, b->input[l], elems[l] * esize, &err);
-        if (efl_op_writes_grad(op) && err == CL_SUCCESS)
-            hb.grad[l] = host_output(loss, direct, b->grad[l], elems[l] * esize, &err);
-        if (elementwise && err == CL_SUCCESS)
-            hb.elems[l] = host_output(loss, direct, b->loss_elems[l], elems[l] * esize, &err);
-    }
-    if (err == CL_SUCCESS)
-        hb.loss = clCreateBuffer(cx, CL_MEM_READ_WRITE, sizeof(float), NULL, &err);
-    if (err != CL_SUCCESS) {
-        release_host_buffers(&hb);
-        return efl_cl_fail(loss->ctx, err);
-    }
-    memcpy(bt.input, hb.in, sizeof bt.input);
-    memcpy(bt.grad, hb.grad, sizeof bt.grad);
-    memcpy(bt.loss_elems, hb.elems, sizeof bt.loss_elems);
-    bt.labels = hb.labels;
-    bt.loss = hb.loss;
-    st = efl_enqueue_batch(loss, loss->host_queue, op, &bt, 0, NULL, NULL);
+    float value = 0.0f;
+    st = stage_host_batch(loss, op, b, elems, levels, rows, &hb);
     if (st == EFL_OK)
-        st = efl_loss_query_status(loss, loss->host_queue); /* waits; only an accepted batch goes out */
+        st = enqueue_host_batch(loss, op, &bt, &hb);
     if (st == EFL_OK)
-        st = read_outputs(loss, op, b, &hb, elems, levels, rows);
-    clFinish(loss->host_queue);
+        st = deliver_host_batch(loss, op, b, &hb, elems, levels, rows, &value);
+    st = efl_cl_finish(loss->ctx, loss->host_queue, st); /* pending unmaps; wrapped inputs in use */
     release_host_buffers(&hb);
+    if (st == EFL_OK && !efl_op_collects(op) && !host_batch_elementwise(op, b))
+        *b->loss = value;
     return st;
 }
 

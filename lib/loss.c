@@ -125,7 +125,7 @@ static efl_status create_state(efl_loss *loss)
         table[cpad + j] = 0.0f;
         table[2 * cpad + j] = 1.0f;
     }
-    cl_int e[7];
+    cl_int e[5];
     loss->state = make_buffer(loss, 3 * C * loss->acc_bytes, state, &e[0]);
     loss->table = make_buffer(loss, 3 * cpad * sizeof(float), table, &e[1]);
     loss->info = make_buffer(loss, sizeof info, info, &e[2]);
@@ -133,7 +133,7 @@ static efl_status create_state(efl_loss *loss)
     loss->step_flags = make_buffer(loss, (1 + cpad) * sizeof(cl_uint), NULL, &e[4]);
     free(state);
     free(table);
-    for (int i = 0; i < 5; ++i)
+    for (int i = 0; i < 5; ++i) /* the first failure */
         if (e[i] != CL_SUCCESS)
             return efl_cl_fail(loss->ctx, e[i]);
     if (loss->cfg.mode != EFL_MODE_EQLV2)
@@ -143,9 +143,9 @@ static efl_status create_state(efl_loss *loss)
     if (err != CL_SUCCESS)
         return efl_cl_fail(loss->ctx, err);
     efl_status st = efl_refresh_table(loss, q);
-    err = clFinish(q);
+    st = efl_cl_finish(loss->ctx, q, st);
     clReleaseCommandQueue(q);
-    return st != EFL_OK ? st : err != CL_SUCCESS ? efl_cl_fail(loss->ctx, err) : EFL_OK;
+    return st;
 }
 
 static efl_status create_kernels(efl_loss *loss)
@@ -241,7 +241,7 @@ void efl_loss_destroy(efl_loss *loss)
     if (!loss)
         return;
     if (loss->host_queue) {
-        clFinish(loss->host_queue);
+        (void)efl_cl_finish(loss->ctx, loss->host_queue, EFL_OK); /* a failure: efl_context_last_cl_error */
         clReleaseCommandQueue(loss->host_queue);
     }
     cl_mem *mems[] = {&loss->state,    &loss->table,       &loss->info,   &loss->step_stats,

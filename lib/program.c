@@ -7,33 +7,27 @@
 #include "disk_cache.h"
 #include "internal.h"
 
-/* kernels_embedded.c, generated at build time from kernels/ */
-extern const char efl_src_labels[], efl_src_protocol[], efl_src_common[], efl_src_step[], efl_src_step_head[],
-    efl_src_reduce[], efl_src_apply[];
-extern const size_t efl_src_labels_len, efl_src_protocol_len, efl_src_common_len, efl_src_step_len,
-    efl_src_step_head_len, efl_src_reduce_len, efl_src_apply_len;
-
-/* One program holds the kernels, behind the label rule, the host/kernel protocol and the common
- * header: one compile per (context, device, options). Of the two step kernels, EFL_PLANAR
- * compiles one. */
-#define EFL_NUM_SOURCES 7
-static void sources(const char **parts, size_t *lens)
-{
-    const char *p[EFL_NUM_SOURCES] = {efl_src_labels, efl_src_protocol,  efl_src_common, efl_src_step,
-                                      efl_src_step_head, efl_src_reduce, efl_src_apply};
-    const size_t l[EFL_NUM_SOURCES] = {efl_src_labels_len,    efl_src_protocol_len, efl_src_common_len,
-                                       efl_src_step_len,      efl_src_step_head_len, efl_src_reduce_len,
-                                       efl_src_apply_len};
-    memcpy(parts, p, sizeof p);
-    memcpy(lens, l, sizeof l);
-}
-
+/* One program holds every kernel source of the table (kernels_embedded.c, in the CMake list's
+ * order: the label rule, the host/kernel protocol and the common header first): one compile per
+ * (context, device, options). The -D defines pick what each file compiles (EFL_PLANAR: the step
+ * kernel's layout). */
 static cl_program create_program(efl_context *ctx, cl_int *err)
 {
-    const char *parts[EFL_NUM_SOURCES];
-    size_t lens[EFL_NUM_SOURCES];
-    sources(parts, lens);
-    return clCreateProgramWithSource(ctx->context, EFL_NUM_SOURCES, parts, lens, err);
+    const size_t count = efl_kernel_source_count;
+    const char **texts = malloc(count * sizeof *texts);
+    size_t *lengths = malloc(count * sizeof *lengths);
+    cl_program prog = NULL;
+    *err = CL_OUT_OF_HOST_MEMORY;
+    if (texts && lengths) {
+        for (size_t i = 0; i < count; ++i) {
+            texts[i] = efl_kernel_sources[i].text;
+            lengths[i] = efl_kernel_sources[i].length;
+        }
+        prog = clCreateProgramWithSource(ctx->context, (cl_uint)count, texts, lengths, err);
+    }
+    free(texts);
+    free(lengths);
+    return prog;
 }
 
 static void log_build(efl_context *ctx, cl_program prog, const char *options)
@@ -58,12 +52,9 @@ static void log_build(efl_context *ctx, cl_program prog, const char *options)
 /* What a compiled binary depends on, in full (the disk cache compares it whole). */
 static void cache_key(efl_context *ctx, const char *options, char *key, size_t size)
 {
-    const char *parts[EFL_NUM_SOURCES];
-    size_t lens[EFL_NUM_SOURCES];
-    sources(parts, lens);
     uint64_t h = EFL_FNV_OFFSET;
-    for (int i = 0; i < EFL_NUM_SOURCES; ++i)
-        h = efl_fnv1a64(parts[i], lens[i], h);
+    for (size_t i = 0; i < efl_kernel_source_count; ++i)
+        h = efl_fnv1a64(efl_kernel_sources[i].text, efl_kernel_sources[i].length, h);
     char pver[256] = "";
     cl_platform_id plat = NULL;
     if (clGetDeviceInfo(ctx->device, CL_DEVICE_PLATFORM, sizeof plat, &plat, NULL) == CL_SUCCESS)

@@ -1,6 +1,9 @@
-/* Argument checks and the enqueue sequence of a step: efl_step -> efl_reduce -> efl_apply. */
+/* Argument checks and the enqueue sequence of a step: efl_step -> efl_reduce -> efl_apply.
+ * efl_enqueue_batch goes in three stages: validate (a failed check enqueues and writes nothing),
+ * plan (launch geometry, scalars, scratch), enqueue (the kernel chain). */
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "efl_protocol.h"
@@ -25,18 +28,40 @@ static efl_status check_wait_list(cl_uint n, const cl_event *list)
     return (n > 0) != (list != NULL) ? EFL_ERROR_INVALID_WAIT_LIST : EFL_OK;
 }
 
-static efl_status check_buffer(const efl_loss *loss, cl_mem m, size_t need)
+/* A refused buffer in the context log: the status alone does not say which of a batch's
+ * buffers it was. level: the head layouts' level; < 0 for the rows layout's buffers and the
+ * batch's own (labels, loss, normalizer_buffer). */
+static void log_refused_buffer(efl_context *ctx, efl_status st, const char *what, int level, size_t size,
+                               size_t need)
 {
-    if (!m)
-        return EFL_ERROR_NULL_BUFFER;
+    char name[32];
+    if (level >= 0)
+        snprintf(name, sizeof name, "%s[%d]", what, level);
+    else
+        snprintf(name, sizeof name, "%s", what);
+    if (st == EFL_ERROR_BUFFER_TOO_SMALL)
+        efl_log(ctx, "enqueue: %s holds %zu bytes, %zu needed", name, size, need);
+    else
+        efl_log(ctx, "enqueue: %s: %s", name, efl_status_string(st));
+}
+
+static efl_status check_buffer(const efl_loss *loss, cl_mem m, size_t need, const char *what, int level)
+{
     cl_context c = NULL;
     size_t size = 0;
-    if (clGetMemObjectInfo(m, CL_MEM_CONTEXT, sizeof c, &c, NULL) != CL_SUCCESS ||
-        clGetMemObjectInfo(m, CL_MEM_SIZE, sizeof size, &size, NULL) != CL_SUCCESS)
-        return EFL_ERROR_NULL_BUFFER; /* not a buffer object */
-    if (c != loss->ctx->context)
-        return EFL_ERROR_BUFFER_CONTEXT;
-    return size < need ? EFL_ERROR_BUFFER_TOO_SMALL : EFL_OK;
+    efl_status st = EFL_OK;
+    if (!m)
+        st = EFL_ERROR_NULL_BUFFER;
+    else if (clGetMemObjectInfo(m, CL_MEM_CONTEXT, sizeof c, &c, NULL) != CL_SUCCESS ||
+             clGetMemObjectInfo(m, CL_MEM_SIZE, sizeof size, &size, NULL) != CL_SUCCESS)
+        st = EFL_ERROR_NULL_BUFFER; /* not a buffer object */
+    else if (c != loss->ctx->context)
+        st = EFL_ERROR_BUFFER_CONTEXT;
+    else if (size < need)
+        st = EFL_ERROR_BUFFER_TOO_SMALL;
+    if (st != EFL_OK)
+        log_refused_buffer(loss->ctx, st, what, level, size, need);
+    return st;
 }
 
 /* Scratch grown on demand: a new buffer replaces a smaller one (OpenCL keeps the old one alive
@@ -71,62 +96,6 @@ static efl_status ensure_scratch(efl_loss *loss, size_t nblocks, size_t head_row
         loss->head_labels_rows = head_rows;
     }
     return EFL_OK;
-}
-
-#define ARG(k, i, v) (err |= clSetKernelArg((k), (i), sizeof(v), &(v)))
-
-typedef struct {
-    cl_command_queue queue;
-    int out_of_order;
-    cl_uint nwait;
-    const cl_event *wait;
-    cl_event prev;
-} chain;
-
-/* Enqueue one kernel of the sequence: the first waits for the caller's list, the last signals
- * the caller's event; on an out-of-order queue, events keep our kernels in order. */
-static cl_int chain_kernel(chain *ch, cl_kernel k, cl_uint dims, const size_t *global, const size_t *local, int last,
-                           cl_event *user_event)
-{
-    cl_event ev = NULL;
-    cl_event *out = last ? user_event : (ch->out_of_order ? &ev : NULL);
-    cl_uint nwait = ch->prev ? 1 : ch->nwait;
-    const cl_event *wait = ch->prev ? &ch->prev : ch->wait;
-    cl_int err = clEnqueueNDRangeKernel(ch->queue, k, dims, NULL, global, local, nwait, wait, out);
-    if (ch->prev)
-        clReleaseEvent(ch->prev);
-    ch->prev = ev;
-    return err;
-}
-
-/* Arguments of efl_apply (kernels/efl_apply.cl) for one mode. */
-static cl_int set_apply_args(efl_loss *loss, cl_mem loss_out, float scale, cl_int mode, float stat_scale, cl_mem norm,
-                             cl_int write_loss)
-{
-    const cl_uint cc = loss->cfg.num_classes, cpad = loss->cpad;
-    const float gamma_b = loss->cfg.gamma, s = loss->cfg.scale_factor, mu = loss->cfg.mu, alpha = loss->cfg.alpha;
-    const cl_int use_norm = norm != NULL;
-    cl_kernel k = loss->k_apply;
-    cl_int err = CL_SUCCESS;
-    ARG(k, 0, loss->step_stats);
-    ARG(k, 1, loss->step_flags);
-    ARG(k, 2, cpad);
-    ARG(k, 3, loss->state);
-    ARG(k, 4, loss->table);
-    ARG(k, 5, loss_out);
-    ARG(k, 6, loss->info);
-    ARG(k, 7, cc);
-    ARG(k, 8, gamma_b);
-    ARG(k, 9, s);
-    ARG(k, 10, scale);
-    ARG(k, 11, mode);
-    ARG(k, 12, stat_scale);
-    ARG(k, 13, norm);
-    ARG(k, 14, use_norm);
-    ARG(k, 15, write_loss);
-    ARG(k, 16, mu);
-    ARG(k, 17, alpha);
-    return err;
 }
 
 /* One launch of efl_step: a level of a head layout, or all rows of the rows layout. */
@@ -193,10 +162,11 @@ efl_status efl_batch_shape(const efl_loss *loss, const efl_batch *bt, size_t *el
     return st;
 }
 
-/* Every buffer the batch needs, with its size. */
+/* Whether an op takes the caller's gradient (and makes no loss), and whether it writes one. */
 int efl_op_collects(efl_op op) { return op == EFL_OP_ACCUMULATE || op == EFL_OP_COLLECT; }
 int efl_op_writes_grad(efl_op op) { return op == EFL_OP_STEP || op == EFL_OP_COMPUTE; }
 
+/* Every buffer the batch needs, with its size. */
 static efl_status check_batch_buffers(const efl_loss *loss, efl_op op, const efl_batch *bt, const level_geom *lv,
                                       cl_uint nlevels, size_t rows)
 {
@@ -204,22 +174,23 @@ static efl_status check_batch_buffers(const efl_loss *loss, efl_op op, const efl
     const int reduces = !efl_op_collects(op) && bt->reduction != EFL_REDUCTION_NONE;
     const int elementwise = !efl_op_collects(op) && bt->reduction == EFL_REDUCTION_NONE;
     efl_status st;
-    if (reduces && (st = check_buffer(loss, bt->loss, sizeof(float))) != EFL_OK)
+    if (reduces && (st = check_buffer(loss, bt->loss, sizeof(float), "loss", -1)) != EFL_OK)
         return st;
     if (reduces && bt->reduction == EFL_REDUCTION_MEAN && bt->normalizer_buffer &&
-        (st = check_buffer(loss, bt->normalizer_buffer, sizeof(float))) != EFL_OK)
+        (st = check_buffer(loss, bt->normalizer_buffer, sizeof(float), "normalizer_buffer", -1)) != EFL_OK)
         return st;
     if (rows == 0)
         return EFL_OK;
-    if ((st = check_buffer(loss, bt->labels, rows * sizeof(cl_int))) != EFL_OK)
+    if ((st = check_buffer(loss, bt->labels, rows * sizeof(cl_int), "labels", -1)) != EFL_OK)
         return st;
     for (cl_uint l = 0; l < nlevels; ++l) {
         const size_t bytes = (size_t)lv[l].elems * esize;
-        if ((st = check_buffer(loss, bt->input[l], bytes)) != EFL_OK)
+        const int level = bt->layout == EFL_LAYOUT_ROWS ? -1 : (int)l; /* for the log */
+        if ((st = check_buffer(loss, bt->input[l], bytes, "input", level)) != EFL_OK)
             return st;
-        if (efl_op_writes_grad(op) && (st = check_buffer(loss, bt->grad[l], bytes)) != EFL_OK)
+        if (efl_op_writes_grad(op) && (st = check_buffer(loss, bt->grad[l], bytes, "grad", level)) != EFL_OK)
             return st;
-        if (elementwise && (st = check_buffer(loss, bt->loss_elems[l], bytes)) != EFL_OK)
+        if (elementwise && (st = check_buffer(loss, bt->loss_elems[l], bytes, "loss_elems", level)) != EFL_OK)
             return st;
     }
     return EFL_OK;
@@ -264,159 +235,328 @@ void efl_batch_init(efl_batch *batch)
     EFL_BATCH_DEFAULTS(batch);
 }
 
-/* Every enqueue: check everything, then efl_step once per level (or its collect mode) ->
+/* The step kernel's scalar arguments, the same for every level. */
+typedef struct {
+    cl_mem norm; /* the normalizer read on the device (mean reduction), or NULL */
+    float alpha_pos, alpha_neg, grad_scale, elem_scale;
+    cl_int ignore, conv, write_grad, write_loss, collect, use_norm;
+} step_scalars;
+
+/* A batch once validated (levels, scale) and planned (kernel, blocks, scalars). */
+typedef struct {
+    level_geom lv[EFL_MAX_LEVELS];
+    cl_uint nlevels;
+    cl_uint rows_per_image; /* R; the rows layout: all rows */
+    size_t n;               /* rows in all */
+    float scale;            /* check_batch_scalars' */
+    int planar;             /* a head layout */
+    cl_kernel k_step;
+    cl_uint rows[EFL_MAX_LEVELS], blocks[EFL_MAX_LEVELS]; /* rows per block, blocks per level */
+    cl_uint nblocks;
+    step_scalars sc;
+} batch_plan;
+
+/* Everything that can refuse a batch, before anything is enqueued or written. */
+static efl_status validate_batch(const efl_loss *loss, cl_command_queue queue, efl_op op, const efl_batch *bt,
+                                 cl_uint nwait, const cl_event *wait, batch_plan *p)
+{
+    efl_status st = efl_check_queue(loss, queue);
+    if (st == EFL_OK)
+        st = check_wait_list(nwait, wait);
+    if (st == EFL_OK)
+        st = check_batch_scalars(loss, op, bt, &p->scale);
+    if (st == EFL_OK)
+        st = batch_geometry(loss, bt, p->lv, &p->nlevels, &p->n, &p->rows_per_image);
+    if (st == EFL_OK)
+        st = check_batch_buffers(loss, op, bt, p->lv, p->nlevels, p->n);
+    if (st == EFL_OK) /* an output overlapping an input or another output (aliasing.c) */
+        st = efl_check_batch_aliasing(loss, op, bt);
+    return st;
+}
+
+static step_scalars step_scalars_of(const efl_loss *loss, efl_op op, const efl_batch *bt, float scale)
+{
+    const int collect = efl_op_collects(op), has_alpha = loss->cfg.alpha >= 0.0f;
+    step_scalars sc;
+    sc.norm = !collect && bt->reduction == EFL_REDUCTION_MEAN ? bt->normalizer_buffer : NULL;
+    sc.alpha_pos = has_alpha ? loss->cfg.alpha : 1.0f;
+    sc.alpha_neg = has_alpha ? 1.0f - loss->cfg.alpha : 1.0f;
+    sc.grad_scale = collect ? 1.0f : scale;
+    sc.elem_scale = loss->cfg.loss_weight;
+    sc.ignore = loss->cfg.ignore_index;
+    sc.conv = (cl_int)loss->cfg.labels;
+    sc.write_grad = efl_op_writes_grad(op);
+    sc.write_loss = !collect && bt->reduction == EFL_REDUCTION_NONE; /* the elementwise loss */
+    sc.collect = collect;
+    sc.use_norm = sc.norm != NULL;
+    return sc;
+}
+
+/* The step kernel for the batch's storage and layout (compiled on first use), each level's row
+ * blocks, the kernels' scalars, and scratch for them. */
+static efl_status plan_batch(efl_loss *loss, efl_op op, const efl_batch *bt, batch_plan *p)
+{
+    p->planar = bt->layout != EFL_LAYOUT_ROWS;
+    efl_status st = efl_loss_step_kernel(loss, bt->dtype, p->planar, &p->k_step);
+    if (st != EFL_OK)
+        return st;
+    const efl_kernel_params *kp = p->planar ? &loss->kp_head : &loss->kp;
+    p->nblocks = 0;
+    for (cl_uint l = 0; l < p->nlevels; ++l) {
+        cl_uint rows = efl_device_rows_per_block(&loss->ctx->info, kp, p->lv[l].n);
+        if (p->planar) /* the head layouts take rows EFL_VW at a time */
+            rows = (rows + kp->vw - 1) / kp->vw * kp->vw;
+        p->rows[l] = rows;
+        p->blocks[l] = (cl_uint)((p->lv[l].n + rows - 1) / rows);
+        p->nblocks += p->blocks[l];
+    }
+    p->sc = step_scalars_of(loss, op, bt, p->scale);
+    return ensure_scratch(loss, p->nblocks > 0 ? p->nblocks : 1, p->planar ? p->n : 0);
+}
+
+/* A kernel's arguments, set in order; the first failure is the one kept. */
+typedef struct {
+    cl_kernel kernel;
+    cl_uint next;
+    cl_int err;
+} kernel_args;
+
+static kernel_args args_of(cl_kernel k) { return (kernel_args){k, 0, CL_SUCCESS}; }
+
+static void arg(kernel_args *a, size_t size, const void *value)
+{
+    const cl_int err = clSetKernelArg(a->kernel, a->next++, size, value);
+    if (a->err == CL_SUCCESS)
+        a->err = err;
+}
+#define ARG(a, v) arg((a), sizeof(v), &(v))
+
+/* The kernels of one enqueue, in order: the first waits for the caller's list, the last signals
+ * the caller's event; on an out-of-order queue, events keep our kernels in order. */
+typedef struct {
+    cl_command_queue queue;
+    int out_of_order;
+    cl_uint nwait;
+    const cl_event *wait;
+    cl_event prev; /* our last kernel's event (out-of-order queues), which the next one waits for */
+} chain;
+
+static chain chain_start(cl_command_queue queue, cl_uint nwait, const cl_event *wait)
+{
+    cl_command_queue_properties props = 0;
+    clGetCommandQueueInfo(queue, CL_QUEUE_PROPERTIES, sizeof props, &props, NULL);
+    return (chain){queue, (props & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE) != 0, nwait, wait, NULL};
+}
+
+/* Drops our hold on the last event: after each kernel, and on every way out of the chain. */
+static void chain_release(chain *ch)
+{
+    if (ch->prev)
+        clReleaseEvent(ch->prev);
+    ch->prev = NULL;
+}
+
+/* Enqueues a's kernel, unless setting its arguments failed. */
+static cl_int chain_kernel(chain *ch, const kernel_args *a, cl_uint dims, const size_t *global, const size_t *local,
+                           int last, cl_event *user_event)
+{
+    if (a->err != CL_SUCCESS)
+        return a->err;
+    cl_event ev = NULL;
+    cl_event *out = last ? user_event : (ch->out_of_order ? &ev : NULL);
+    const cl_uint nwait = ch->prev ? 1 : ch->nwait;
+    const cl_event *wait = ch->prev ? &ch->prev : ch->wait;
+    const cl_int err = clEnqueueNDRangeKernel(ch->queue, a->kernel, dims, NULL, global, local, nwait, wait, out);
+    chain_release(ch);
+    ch->prev = ev;
+    return err;
+}
+
+/* Head layouts: each level's labels into its own row order (efl_head_labels). */
+static cl_int enqueue_head_labels(efl_loss *loss, const efl_batch *bt, const batch_plan *p, chain *ch)
+{
+    const cl_uint anchors = bt->anchors;
+    cl_int err = CL_SUCCESS;
+    for (cl_uint l = 0, lab0 = 0; l < p->nlevels && err == CL_SUCCESS; lab0 += (cl_uint)p->lv[l].n, ++l) {
+        const cl_uint n = (cl_uint)p->lv[l].n;
+        kernel_args a = args_of(loss->k_head_labels);
+        ARG(&a, bt->labels);
+        ARG(&a, loss->head_labels);
+        ARG(&a, n);
+        ARG(&a, p->lv[l].hw);
+        ARG(&a, anchors);
+        ARG(&a, p->rows_per_image);
+        ARG(&a, p->lv[l].loff);
+        ARG(&a, lab0);
+        const size_t global = n;
+        err = chain_kernel(ch, &a, 1, &global, NULL, 0, NULL);
+    }
+    return err;
+}
+
+/* The step kernel's arguments for level l (kernels/efl_step.cl: one signature for every layout;
+ * the rows layout's level has no geometry, and its labels start at 0). */
+static kernel_args step_args(const efl_loss *loss, const efl_batch *bt, const batch_plan *p, cl_uint l,
+                             cl_uint block0, cl_uint lab0)
+{
+    const step_scalars *sc = &p->sc;
+    const level_geom *lv = &p->lv[l];
+    const cl_uint n = (cl_uint)lv->n, C = loss->cfg.num_classes, anchors = p->planar ? bt->anchors : 1;
+    const cl_ulong bstride = (cl_ulong)anchors * C * lv->hw; /* one image of the level */
+    const cl_mem labels = p->planar ? loss->head_labels : bt->labels;
+    const cl_mem grad = sc->write_grad ? bt->grad[l] : NULL, loss_el = sc->write_loss ? bt->loss_elems[l] : NULL;
+    kernel_args a = args_of(p->k_step);
+    ARG(&a, bt->input[l]);
+    ARG(&a, labels);
+    ARG(&a, grad);
+    ARG(&a, loss_el);
+    ARG(&a, loss->partials);
+    ARG(&a, loss->block_flags);
+    ARG(&a, loss->table);
+    ARG(&a, sc->norm);
+    ARG(&a, n);
+    ARG(&a, C);
+    ARG(&a, loss->cpad);
+    ARG(&a, p->rows[l]);
+    ARG(&a, block0);
+    ARG(&a, sc->alpha_pos);
+    ARG(&a, sc->alpha_neg);
+    ARG(&a, sc->grad_scale);
+    ARG(&a, sc->elem_scale);
+    ARG(&a, sc->ignore);
+    ARG(&a, sc->conv);
+    ARG(&a, sc->write_grad);
+    ARG(&a, sc->write_loss);
+    ARG(&a, sc->collect);
+    ARG(&a, sc->use_norm);
+    ARG(&a, lab0);
+    ARG(&a, lv->hw);
+    ARG(&a, anchors);
+    ARG(&a, lv->cs);
+    ARG(&a, lv->astride);
+    ARG(&a, bstride);
+    return a;
+}
+
+/* The step kernel once per level, each into its own row blocks of the partials. */
+static cl_int enqueue_steps(efl_loss *loss, const efl_batch *bt, const batch_plan *p, chain *ch)
+{
+    const size_t local[2] = {loss->kp.wgx, 1};
+    cl_int err = CL_SUCCESS;
+    for (cl_uint l = 0, block0 = 0, lab0 = 0; l < p->nlevels && err == CL_SUCCESS;
+         block0 += p->blocks[l], lab0 += (cl_uint)p->lv[l].n, ++l) {
+        const kernel_args a = step_args(loss, bt, p, l, block0, lab0);
+        const size_t global[2] = {p->planar ? loss->cpad : loss->cpad / loss->kp.vw, p->blocks[l]};
+        err = chain_kernel(ch, &a, 2, global, local, 0, NULL);
+    }
+    return err;
+}
+
+/* efl_reduce over every level's row blocks. */
+static cl_int enqueue_reduce(efl_loss *loss, const batch_plan *p, chain *ch)
+{
+    const cl_uint C = loss->cfg.num_classes;
+    kernel_args a = args_of(loss->k_reduce);
+    ARG(&a, loss->partials);
+    ARG(&a, loss->block_flags);
+    ARG(&a, p->nblocks);
+    ARG(&a, C);
+    ARG(&a, loss->cpad);
+    ARG(&a, loss->step_stats);
+    ARG(&a, loss->step_flags);
+    const size_t global = loss->cpad, local = loss->kp.wgx;
+    return chain_kernel(ch, &a, 1, &global, &local, 0, NULL);
+}
+
+/* Arguments of efl_apply (kernels/efl_apply.cl) for one mode. */
+static kernel_args apply_args(efl_loss *loss, cl_mem loss_out, float scale, cl_int mode, float stat_scale, cl_mem norm,
+                              cl_int write_loss)
+{
+    const cl_uint C = loss->cfg.num_classes;
+    const float gamma_b = loss->cfg.gamma, s = loss->cfg.scale_factor, mu = loss->cfg.mu, alpha = loss->cfg.alpha;
+    const cl_int use_norm = norm != NULL;
+    kernel_args a = args_of(loss->k_apply);
+    ARG(&a, loss->step_stats);
+    ARG(&a, loss->step_flags);
+    ARG(&a, loss->cpad);
+    ARG(&a, loss->state);
+    ARG(&a, loss->table);
+    ARG(&a, loss_out);
+    ARG(&a, loss->info);
+    ARG(&a, C);
+    ARG(&a, gamma_b);
+    ARG(&a, s);
+    ARG(&a, scale);
+    ARG(&a, mode);
+    ARG(&a, stat_scale);
+    ARG(&a, norm);
+    ARG(&a, use_norm);
+    ARG(&a, write_loss);
+    ARG(&a, mu);
+    ARG(&a, alpha);
+    return a;
+}
+
+/* efl_apply's mode for an op. An empty batch is still an update (docs/semantics.md): g is
+ * recomputed from the unchanged totals. The data parallel ops hold theirs back: it comes with the
+ * ranks' sums. */
+static cl_int apply_mode(efl_op op)
+{
+    return op == EFL_OP_FORWARD                            ? EFL_APPLY_FORWARD
+           : op == EFL_OP_COMPUTE || op == EFL_OP_COLLECT ? EFL_APPLY_HOLD
+           : op == EFL_OP_STEP                            ? EFL_APPLY_STEP
+                                                          : EFL_APPLY_ACCUMULATE;
+}
+
+/* efl_apply, the last kernel: it signals the caller's event. */
+static cl_int enqueue_apply_last(efl_loss *loss, efl_op op, const efl_batch *bt, const batch_plan *p, chain *ch,
+                                 cl_event *event)
+{
+    const int collect = p->sc.collect;
+    /* what efl_loss_read_statistics scales P and N by; an empty batch has none */
+    loss->stat_scale = collect ? p->scale : 1.0f;
+    loss->stat_rows = p->n;
+    /* an accumulate or an elementwise loss writes no total: info stands in for the buffer */
+    const int total = !collect && !p->sc.write_loss;
+    const kernel_args a = apply_args(loss, total ? bt->loss : loss->info, collect ? 1.0f : p->scale, apply_mode(op),
+                                     collect ? p->scale : 1.0f, p->sc.norm, total);
+    const size_t global = loss->kp.apply_wg;
+    return chain_kernel(ch, &a, 1, &global, &global, 1, event);
+}
+
+/* The kernel chain of a planned batch: the head layouts' labels, the step per level, the reduce,
+ * the apply. On a failure the kernels already enqueued still run; our events are released. */
+static efl_status enqueue_batch_chain(efl_loss *loss, cl_command_queue queue, efl_op op, const efl_batch *bt,
+                                      const batch_plan *p, cl_uint nwait, const cl_event *wait, cl_event *event)
+{
+    chain ch = chain_start(queue, nwait, wait);
+    cl_int err = CL_SUCCESS;
+    if (p->n > 0 && p->planar)
+        err = enqueue_head_labels(loss, bt, p, &ch);
+    if (err == CL_SUCCESS && p->n > 0)
+        err = enqueue_steps(loss, bt, p, &ch);
+    if (err == CL_SUCCESS)
+        err = enqueue_reduce(loss, p, &ch);
+    if (err == CL_SUCCESS)
+        err = enqueue_apply_last(loss, op, bt, p, &ch, event);
+    chain_release(&ch);
+    return err == CL_SUCCESS ? EFL_OK : efl_cl_fail(loss->ctx, err);
+}
+
+/* Every enqueue: validate, plan, then efl_step once per level (or its collect mode) ->
  * efl_reduce over all levels' row blocks -> efl_apply, on the caller's queue. */
 efl_status efl_enqueue_batch(efl_loss *loss, cl_command_queue queue, efl_op op, const efl_batch *bt, cl_uint nwait,
                              const cl_event *wait, cl_event *event)
 {
     if (!loss || !bt)
         return EFL_ERROR_NULL_HANDLE;
-    efl_status st = efl_check_queue(loss, queue);
+    batch_plan p = {.scale = 1.0f};
+    efl_status st = validate_batch(loss, queue, op, bt, nwait, wait, &p);
     if (st == EFL_OK)
-        st = check_wait_list(nwait, wait);
-    float scale = 1.0f;
+        st = plan_batch(loss, op, bt, &p);
     if (st == EFL_OK)
-        st = check_batch_scalars(loss, op, bt, &scale);
-    level_geom lv[EFL_MAX_LEVELS];
-    cl_uint nlevels = 0, R = 0;
-    size_t n = 0;
-    if (st == EFL_OK)
-        st = batch_geometry(loss, bt, lv, &nlevels, &n, &R);
-    if (st == EFL_OK)
-        st = check_batch_buffers(loss, op, bt, lv, nlevels, n);
-    if (st == EFL_OK) /* an output overlapping an input or another output (aliasing.c) */
-        st = efl_check_batch_aliasing(loss, op, bt);
-    const int planar = bt->layout != EFL_LAYOUT_ROWS;
-    cl_kernel k_step = NULL;
-    if (st == EFL_OK)
-        st = efl_loss_step_kernel(loss, bt->dtype, planar, &k_step);
-    if (st != EFL_OK)
-        return st;
-
-    cl_uint rows[EFL_MAX_LEVELS], blocks[EFL_MAX_LEVELS], nblocks = 0;
-    for (cl_uint l = 0; l < nlevels; ++l) {
-        rows[l] = efl_device_rows_per_block(&loss->ctx->info, planar ? &loss->kp_head : &loss->kp, lv[l].n);
-        if (planar) /* efl_step_head takes rows EFL_VW at a time */
-            rows[l] = (rows[l] + loss->kp.vw - 1) / loss->kp.vw * loss->kp.vw;
-        blocks[l] = (cl_uint)((lv[l].n + rows[l] - 1) / rows[l]);
-        nblocks += blocks[l];
-    }
-    if ((st = ensure_scratch(loss, nblocks > 0 ? nblocks : 1, planar ? n : 0)) != EFL_OK)
-        return st;
-
-    cl_command_queue_properties props = 0;
-    clGetCommandQueueInfo(queue, CL_QUEUE_PROPERTIES, sizeof props, &props, NULL);
-    chain ch = {queue, (props & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE) != 0, nwait, wait, NULL};
-
-    const int collect = efl_op_collects(op);
-    const int elementwise = !collect && bt->reduction == EFL_REDUCTION_NONE;
-    const cl_mem norm = !collect && bt->reduction == EFL_REDUCTION_MEAN ? bt->normalizer_buffer : NULL;
-    const cl_uint cc = loss->cfg.num_classes, cpad = loss->cpad, anchors = planar ? bt->anchors : 1;
-    const int has_alpha = loss->cfg.alpha >= 0.0f;
-    const float alpha_pos = has_alpha ? loss->cfg.alpha : 1.0f;
-    const float alpha_neg = has_alpha ? 1.0f - loss->cfg.alpha : 1.0f;
-    const float grad_scale = collect ? 1.0f : scale, elem_scale = loss->cfg.loss_weight;
-    const cl_int ignore = loss->cfg.ignore_index, conv = (cl_int)loss->cfg.labels;
-    const cl_int write_grad = efl_op_writes_grad(op), write_loss = elementwise, use_norm = norm != NULL;
-    cl_int err = CL_SUCCESS;
-
-    /* head layouts: each level's labels into its own row order first */
-    for (cl_uint l = 0, lab0 = 0; planar && l < nlevels && n > 0; lab0 += (cl_uint)lv[l].n, ++l) {
-        cl_kernel k = loss->k_head_labels;
-        const cl_uint nl = (cl_uint)lv[l].n;
-        ARG(k, 0, bt->labels);
-        ARG(k, 1, loss->head_labels);
-        ARG(k, 2, nl);
-        ARG(k, 3, lv[l].hw);
-        ARG(k, 4, anchors);
-        ARG(k, 5, R);
-        ARG(k, 6, lv[l].loff);
-        ARG(k, 7, lab0);
-        const size_t global = nl;
-        if (err == CL_SUCCESS)
-            err = chain_kernel(&ch, k, 1, &global, NULL, 0, event);
-        if (err != CL_SUCCESS)
-            return efl_cl_fail(loss->ctx, err);
-    }
-    for (cl_uint l = 0, block0 = 0, lab0 = 0; l < nlevels && n > 0; block0 += blocks[l], lab0 += (cl_uint)lv[l].n, ++l) {
-        cl_kernel k = k_step;
-        const cl_uint nl = (cl_uint)lv[l].n;
-        const cl_ulong bs = (cl_ulong)anchors * cc * lv[l].hw; /* one image of the level */
-        const cl_mem gbuf = write_grad ? bt->grad[l] : NULL, lbuf = write_loss ? bt->loss_elems[l] : NULL;
-        const cl_mem ybuf = planar ? loss->head_labels : bt->labels;
-        ARG(k, 0, bt->input[l]);
-        ARG(k, 1, ybuf);
-        ARG(k, 2, gbuf);
-        ARG(k, 3, lbuf);
-        ARG(k, 4, loss->partials);
-        ARG(k, 5, loss->block_flags);
-        ARG(k, 6, loss->table);
-        ARG(k, 7, norm);
-        ARG(k, 8, nl);
-        ARG(k, 9, cc);
-        ARG(k, 10, cpad);
-        ARG(k, 11, rows[l]);
-        ARG(k, 12, block0);
-        ARG(k, 13, alpha_pos);
-        ARG(k, 14, alpha_neg);
-        ARG(k, 15, grad_scale);
-        ARG(k, 16, elem_scale);
-        ARG(k, 17, ignore);
-        ARG(k, 18, conv);
-        ARG(k, 19, write_grad);
-        ARG(k, 20, write_loss);
-        ARG(k, 21, collect);
-        ARG(k, 22, use_norm);
-        if (planar) {
-            ARG(k, 23, lv[l].hw);
-            ARG(k, 24, anchors);
-            ARG(k, 25, lab0);
-            ARG(k, 26, lv[l].cs);
-            ARG(k, 27, lv[l].astride);
-            ARG(k, 28, bs);
-        }
-        const size_t global[2] = {planar ? cpad : cpad / loss->kp.vw, blocks[l]}, local[2] = {loss->kp.wgx, 1};
-        if (err == CL_SUCCESS)
-            err = chain_kernel(&ch, k, 2, global, local, 0, event);
-        if (err != CL_SUCCESS)
-            return efl_cl_fail(loss->ctx, err);
-    }
-    {
-        cl_kernel k = loss->k_reduce;
-        ARG(k, 0, loss->partials);
-        ARG(k, 1, loss->block_flags);
-        ARG(k, 2, nblocks);
-        ARG(k, 3, cc);
-        ARG(k, 4, cpad);
-        ARG(k, 5, loss->step_stats);
-        ARG(k, 6, loss->step_flags);
-        const size_t global = cpad, local = loss->kp.wgx;
-        if (err == CL_SUCCESS)
-            err = chain_kernel(&ch, k, 1, &global, &local, 0, event);
-        if (err != CL_SUCCESS)
-            return efl_cl_fail(loss->ctx, err);
-    }
-    {
-        /* n == 0 is still an update (docs/semantics.md): g is recomputed from the unchanged totals. The data
-         * parallel ops hold theirs back: it comes with the ranks' sums. */
-        const cl_int mode = op == EFL_OP_FORWARD                            ? EFL_APPLY_FORWARD
-                            : op == EFL_OP_COMPUTE || op == EFL_OP_COLLECT ? EFL_APPLY_HOLD
-                            : op == EFL_OP_STEP                            ? EFL_APPLY_STEP
-                                                                           : EFL_APPLY_ACCUMULATE;
-        /* what efl_loss_read_statistics scales P and N by; an empty batch has none */
-        loss->stat_scale = collect ? scale : 1.0f;
-        loss->stat_rows = n;
-        const size_t global = loss->kp.apply_wg;
-        /* an accumulate or an elementwise loss writes no total: info stands in for the buffer */
-        const int total = !collect && !elementwise;
-        err = set_apply_args(loss, total ? bt->loss : loss->info, collect ? 1.0f : scale, mode,
-                             collect ? scale : 1.0f, norm, total);
-        if (err == CL_SUCCESS)
-            err = chain_kernel(&ch, loss->k_apply, 1, &global, &global, 1, event);
-        if (err != CL_SUCCESS)
-            return efl_cl_fail(loss->ctx, err);
-    }
-    return EFL_OK;
+        st = enqueue_batch_chain(loss, queue, op, bt, &p, nwait, wait, event);
+    return st;
 }
 
 /* The rows-layout calls as batches. */
@@ -487,9 +627,10 @@ efl_status efl_enqueue_apply(efl_loss *loss, cl_command_queue queue, int mode, f
 {
     const size_t global = loss->kp.apply_wg;
     /* these modes write no loss: info stands in for the loss buffer */
-    cl_int err = set_apply_args(loss, loss->info, 1.0f, (cl_int)mode, stat_scale, NULL, 0);
+    const kernel_args a = apply_args(loss, loss->info, 1.0f, (cl_int)mode, stat_scale, NULL, 0);
+    cl_int err = a.err;
     if (err == CL_SUCCESS)
-        err = clEnqueueNDRangeKernel(queue, loss->k_apply, 1, NULL, &global, &global, 0, NULL, NULL);
+        err = clEnqueueNDRangeKernel(queue, a.kernel, 1, NULL, &global, &global, 0, NULL, NULL);
     return err == CL_SUCCESS ? EFL_OK : efl_cl_fail(loss->ctx, err);
 }
 

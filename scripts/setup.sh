@@ -76,6 +76,8 @@ case "$what" in
   bench)
     # the quick cases and a five-point N sweep, then the picture of them (docs/performance.md)
     ./build/bench/efl-bench --default --quick --sweep 1000,3000,10000,30000,100000 --json build/bench/efl-bench.json
+    # the Python binding's LVIS step against the device step, side by side in one process
+    PYTHONPATH=python EFL_LIBRARY=build/libefl.so /usr/bin/python3 bench/binding_step.py --rounds 5
     /usr/bin/python3 bench/plot.py build/bench/efl-bench.json build/bench/efl-bench.png ||
       { echo "bench: no picture (see above); the results are in build/bench/efl-bench.json" >&2; exit 1; }
     echo "bench: the picture is $PWD/build/bench/efl-bench.png (results: build/bench/efl-bench.json)" ;;

@@ -4,6 +4,47 @@
  * The whole public API. Semantics: docs/semantics.md (forward, backward and the gradient-guided
  * per-class statistics of "Equalized Focal Loss for Dense Long-Tailed Object Detection").
  *
+ * Two tiers (docs/api.md; docs/versioning.md for what a version may change)
+ *   Stable core: the calls everything else is built on. They keep their signatures and
+ *   meanings; a change is a new call, or (while the version is 0.x) a minor version that
+ *   CHANGELOG.md lists.
+ *     version   EFL_VERSION_*, efl_version_number, efl_version_string
+ *     status    efl_status, efl_status_string
+ *     context   efl_context_create, _create_with_options, efl_context_options (_init), _destroy,
+ *               _cl_context, _cl_device, _last_cl_error, _log, _warmup
+ *     loss      efl_loss_config (_init, _init_mode), efl_loss_create, _destroy, _get_config
+ *     enqueues  efl_enqueue_step, _forward, _step_typed, _forward_typed, _accumulate, efl_batch
+ *               (_init), efl_enqueue_batch; efl_loss_query_status, efl_loss_skipped_steps;
+ *               data parallel: efl_loss_read_statistics, efl_loss_apply_statistics
+ *     state     efl_loss_read_state, _write_state, _reset_state
+ *   Conveniences: thin layers over the core, for callers without OpenCL plumbing and for
+ *   common chores; they may still change shape in a minor version while 0.x.
+ *     devices   efl_context_create_default, _create_default_with_options, efl_devices_matching,
+ *               efl_device_pick, efl_device_type_name, efl_device_describe, efl_devices_summary
+ *     host      every efl_loss_*_host call, efl_host_batch (_init), efl_loss_run_host: host
+ *               arrays through a queue the loss owns, blocking
+ *     files     efl_loss_save_checkpoint, _load_checkpoint, _export_checkpoint,
+ *               _import_checkpoint (these also carry the float-pair totals' low bits, which
+ *               efl_loss_read_state's float64 values cannot)
+ *
+ * Which step call
+ *   Your logits in cl_mem, on your queue (returns at once; the device's verdict comes from
+ *   efl_loss_query_status):
+ *     efl_enqueue_step        float32 [n, C] rows, any reduction;
+ *     efl_enqueue_step_typed  the same with float16 or bfloat16 storage;
+ *     efl_enqueue_batch       everything else: a detection head's per-level outputs read in
+ *                             place, the normalizer in a device buffer, the data-parallel ops
+ *                             (EFL_OP_COMPUTE, _COLLECT). The calls above are shorthands for
+ *                             its rows layout.
+ *   Host arrays (blocking; the verdict is the returned status; no OpenCL objects needed with
+ *   efl_context_create_default):
+ *     efl_loss_step_host        float32 [n, C] rows;
+ *     efl_loss_step_host_typed  float16 or bfloat16 storage;
+ *     efl_loss_run_host         an efl_host_batch: what efl_enqueue_batch does, on host arrays.
+ *   Forward and accumulate come in the same families (efl_enqueue_forward[_typed],
+ *   efl_enqueue_accumulate; efl_loss_forward_host[_typed], efl_loss_accumulate_host); the two
+ *   batch calls take them as an efl_op.
+ *
  * Thread safety
  *   - efl_context: shareable. Any number of threads may create losses on one context and
  *     enqueue at once; its program cache and log are guarded by a mutex.
@@ -88,7 +129,9 @@ typedef enum {
     EFL_ERROR_NULL_BUFFER = 2,          /* a required cl_mem or host array is NULL */
     EFL_ERROR_INVALID_NUM_CLASSES = 3,  /* C == 0 or C too large */
     EFL_ERROR_INVALID_GAMMA = 4,        /* gamma_b <= 0 or not finite */
-    EFL_ERROR_INVALID_PARAMETER = 5,    /* alpha, scale factor, loss_weight not finite, s < 0 */
+    EFL_ERROR_INVALID_PARAMETER = 5,    /* alpha, s, mu or loss_weight not finite, s < 0, EFL factors
+                                           beyond float (efl_loss_create), an unknown accumulate or
+                                           efl_op, grad_scale not finite and > 0 */
     EFL_ERROR_INVALID_NORMALIZER = 6,   /* normalizer <= 0 or not finite */
     EFL_ERROR_INVALID_REDUCTION = 7,    /* not an efl_reduction value */
     EFL_ERROR_INVALID_IGNORE_INDEX = 8, /* ignore_index collides with a valid label */
@@ -102,7 +145,9 @@ typedef enum {
     EFL_ERROR_INVALID_STATE = 16,       /* state arrays with negative or non-finite values */
     EFL_ERROR_NO_DEVICE = 17,           /* no OpenCL device found */
     EFL_ERROR_DEVICE_NOT_FOUND = 18,    /* EFL_DEVICE matched no device */
-    EFL_ERROR_UNSUPPORTED_DEVICE = 19,  /* device lacks OpenCL C 1.2 or a needed limit */
+    EFL_ERROR_UNSUPPORTED_DEVICE = 19,  /* the device's OpenCL C (CL_DEVICE_OPENCL_C_VERSION) is older
+                                           than 1.2, the kernels' language, or its work-groups hold
+                                           fewer than 16 work-items */
     EFL_ERROR_BUILD_FAILED = 20,        /* kernel compilation failed: see efl_context_log() */
     EFL_ERROR_OUT_OF_MEMORY = 21,       /* host or device allocation failed */
     EFL_ERROR_OPENCL = 22,              /* an OpenCL call failed: efl_context_last_cl_error() */
@@ -133,7 +178,9 @@ EFL_API const char *efl_status_string(efl_status status);
 typedef struct efl_context_s efl_context;
 
 /* Bind to the caller's context and device. The caller keeps ownership (the library retains
- * both and releases them on destroy). Compiles nothing yet. */
+ * both and releases them on destroy). Compiles nothing yet. EFL_ERROR_UNSUPPORTED_DEVICE for a
+ * device the kernels cannot run on (OpenCL C before 1.2, work-groups under 16 work-items);
+ * every program is built with -cl-std=CL1.2, whatever newer version the device also takes. */
 EFL_API efl_status efl_context_create(cl_context context, cl_device_id device, efl_context **out);
 
 /* Pick a device on our own and create a cl_context for it: efl_device_pick's choice for the
@@ -142,6 +189,37 @@ EFL_API efl_status efl_context_create(cl_context context, cl_device_id device, e
  * else the first device, skipping platforms that fail or list no device. EFL_ERROR_NO_DEVICE
  * when no platform lists a device, EFL_ERROR_DEVICE_NOT_FOUND when EFL_DEVICE matches none. */
 EFL_API efl_status efl_context_create_default(efl_context **out);
+
+/* Context options, in place of the environment variables (zstd style): efl_context_options_init
+ * sets every field to its default and `size` to sizeof; set the fields wanted, then pass it to a
+ * _with_options call below. The call copies what it keeps: the strings need not outlive it.
+ * NULL options, or every field at its default, create what efl_context_create / _default do.
+ * Growth: fields are only appended. A caller built with an older efl.h passes its smaller size,
+ * and the fields it lacks take their defaults. A larger size (a newer efl.h) is accepted when
+ * every byte this library does not know is zero (new fields at their defaults); otherwise, or
+ * for a size below 4, EFL_ERROR_INVALID_PARAMETER. */
+typedef struct efl_context_options {
+    uint32_t size;         /* sizeof(efl_context_options), set by efl_context_options_init */
+    const char *cache_dir; /* the disk cache's folder (docs/design.md); "": no disk cache; NULL:
+                              EFL_CACHE_DIR, else $XDG_CACHE_HOME/efl, else ~/.cache/efl */
+    const char *tune;      /* launch parameters in EFL_TUNE's syntax, used instead of EFL_TUNE
+                              ("vw=16,wgx=76,unroll=8,barrier=1,rows=256", each key optional); "":
+                              the library's own choice whatever EFL_TUNE says; NULL: EFL_TUNE. Not
+                              that syntax, or a value no device takes (vw not 1, 4, 8 or 16, unroll
+                              not 1..16, barrier not 0 or 1, wgx or rows 0): creation fails with
+                              EFL_ERROR_INVALID_PARAMETER. A value this device or a loss's C cannot
+                              take (wgx above the work-group limit, vw above C) is ignored, as in
+                              EFL_TUNE. */
+} efl_context_options;
+
+/* The defaults (NULL strings: the environment decides, as without options). Always safe. */
+EFL_API void efl_context_options_init(efl_context_options *options);
+/* efl_context_create and efl_context_create_default with options (NULL: none). Invalid options:
+ * EFL_ERROR_INVALID_PARAMETER, nothing created. */
+EFL_API efl_status efl_context_create_with_options(cl_context context, cl_device_id device,
+                                                   const efl_context_options *options, efl_context **out);
+EFL_API efl_status efl_context_create_default_with_options(const efl_context_options *options,
+                                                           efl_context **out);
 
 /* The devices a selector in EFL_DEVICE's syntax matches, over every platform that answers, in
  * platform then device order. Selectors:
@@ -189,14 +267,21 @@ EFL_API void efl_context_destroy(efl_context *ctx);
 EFL_API cl_context efl_context_cl_context(const efl_context *ctx);
 EFL_API cl_device_id efl_context_cl_device(const efl_context *ctx);
 
-/* The last OpenCL error code seen by a call on this context (0 if none). */
+/* The last OpenCL error code seen by a call on this context (0 if none): where one call makes
+ * several OpenCL calls, the code of the first that failed. */
 EFL_API cl_int efl_context_last_cl_error(const efl_context *ctx);
 
 /* Copy the context's log (build logs, device decisions) into buf, NUL-terminated, truncated
  * to size. Returns the full length (excluding the NUL), so a NULL/0 call sizes the buffer. */
 EFL_API size_t efl_context_log(const efl_context *ctx, char *buf, size_t size);
 
-/* Compile the kernels now rather than at the first loss creation. */
+/* Compile one program now rather than at the first loss creation: the one a loss made with
+ * efl_loss_config_init(&cfg, 1203) (LVIS's C; EFL mode, default accumulation) uses for float32
+ * rows on this device. It is kept on the context and in the disk cache (docs/design.md), so
+ * such a loss, in this process or a later one, compiles nothing. A loss whose kernel parameters
+ * differ (another C for which the device's launch choices differ, another mode,
+ * EFL_ACCUMULATE_FLOAT_PAIRS on a float64 device) builds its own program at creation; float16,
+ * bfloat16 and the head layouts build their step kernel on first use. */
 EFL_API efl_status efl_context_warmup(efl_context *ctx);
 
 /* ------------------------------------------------------------------- loss */
@@ -263,7 +348,8 @@ typedef struct efl_loss_s efl_loss;
  * gamma_b (alpha_t the larger of |alpha|, |1 - alpha|, and 1) at most FLT_MAX / 2, else
  * EFL_ERROR_INVALID_PARAMETER. */
 EFL_API efl_status efl_loss_create(efl_context *ctx, const efl_loss_config *cfg, efl_loss **out);
-/* Accepts NULL. Waits for nothing: release happens once enqueued work has finished. */
+/* Accepts NULL. Waits for nothing on your queues: release happens once enqueued work has
+ * finished (only the loss's own host queue, idle after any host call, is finished first). */
 EFL_API void efl_loss_destroy(efl_loss *loss);
 
 EFL_API efl_status efl_loss_get_config(const efl_loss *loss, efl_loss_config *cfg);

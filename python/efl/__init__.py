@@ -176,7 +176,8 @@ def context_log():
 
 
 def warmup():
-    """Create the default context and compile the kernels now."""
+    """Create the default context and compile now the program a default 1203-class float32 loss
+    uses (efl_context_warmup); other configurations compile their own on first use."""
     lib = _lib.load()
     with _ctx_lock:
         ctx = _context()
@@ -192,6 +193,19 @@ _UINT32_MAX = 2**32 - 1
 _STATE_NAMES = ("pos_grad", "neg_grad", "pos_neg")
 _CHANNEL_ORDERS = {"anchor": "anchor", "anchor_major": "anchor", "class": "class", "class_major": "class"}
 
+
+
+def _out_array(o, name):
+    """out= as a numpy array sharing its memory: a numpy array as it is, a CPU torch tensor
+    through efl.torch's view (bfloat16 as uint16 bit patterns). Anything else is refused."""
+    if isinstance(o, np.ndarray):
+        return o
+    if type(o).__module__.split(".")[0] == "torch":
+        from . import torch as _efl_torch  # torch is imported only for a tensor the caller passed
+        if o.device.type != "cpu" or o.requires_grad or not o.is_contiguous():
+            raise ValueError("%s: a torch tensor must be on the CPU, contiguous and not require grad" % name)
+        return _efl_torch._view(o)
+    raise ValueError("%s must be numpy arrays or CPU torch tensors, got %s" % (name, type(o).__name__))
 
 def _ptr(arr, ptype):
     return arr.ctypes.data_as(ptype)
@@ -529,10 +543,10 @@ class EqualizedFocalLoss:
 
     @staticmethod
     def _outputs(given, prep, name):
-        """Caller-supplied output arrays (the torch adapter writes into tensors' memory), checked."""
+        """Caller-supplied output arrays (out=, or the torch adapter's tensors' memory), checked."""
         if given is None:
             return [np.empty(a.shape, dtype=a.dtype) for a in prep.arrays]
-        given = list(given)
+        given = [_out_array(o, name) for o in given]
         if len(given) != len(prep.arrays):
             raise ValueError("%s: %d arrays for %d inputs" % (name, len(given), len(prep.arrays)))
         for o, a in zip(given, prep.arrays):
@@ -598,6 +612,17 @@ class EqualizedFocalLoss:
         return value, grads, elems
 
     @staticmethod
+    def _out_list(prep, out):
+        """out= as the list _run takes: one array for the rows layout, a sequence per level."""
+        if out is None:
+            return None
+        if prep.layout == "rows":
+            return [out]
+        if isinstance(out, np.ndarray) or not isinstance(out, (list, tuple)):
+            raise ValueError("out: one array per level with levels=, got %s" % type(out).__name__)
+        return list(out)
+
+    @staticmethod
     def _shape_result(prep, arrays):
         if arrays is None:
             return None
@@ -605,7 +630,7 @@ class EqualizedFocalLoss:
 
     # ---------------------------------------------------------------- calls
     def step(self, logits=None, labels=None, normalizer=None, reduction="mean", dtype=None, *,
-             levels=None, anchors=None, channel_order="anchor"):
+             levels=None, anchors=None, channel_order="anchor", out=None):
         """One training step: returns (loss, grad) and updates the per-class state.
 
         logits: [N, C] array-like, float32 by default; np.float16 arrays are stored as float16
@@ -625,19 +650,29 @@ class EqualizedFocalLoss:
         labels then follow the reference's concatenation: row = b * R + level_offset +
         (h*W + w) * A + a, R the rows of one image over all levels. grad (and the "none" loss)
         come back as one array per level, shaped like that level.
+
+        out: where the gradient goes, instead of a new array (one per level with levels=): a
+        writeable C-contiguous array (or CPU torch tensor) of the logits' shape and storage type,
+        returned as grad. Reusing one across steps spares a large allocation per call. A refused
+        step raises and leaves out as it was.
         """
         prep = self._prepare(logits, labels, dtype, levels, anchors, channel_order)
-        value, grads, elems = self._run("step", prep, normalizer, reduction)
+        value, grads, elems = self._run("step", prep, normalizer, reduction, grad_out=self._out_list(prep, out))
         loss = value if elems is None else self._shape_result(prep, elems)
-        return loss, self._shape_result(prep, grads)
+        return loss, self._shape_result(prep, grads) if out is None else out
 
     def forward(self, logits=None, labels=None, normalizer=None, reduction="mean", dtype=None, *,
-                levels=None, anchors=None, channel_order="anchor"):
+                levels=None, anchors=None, channel_order="anchor", out=None):
         """The loss only (evaluation): no gradient, state untouched. Arguments as for step();
-        "none" returns the per-element loss (one array per level with levels=)."""
+        "none" returns the per-element loss (one array per level with levels=), written into
+        out when given (as step()'s out=; only with reduction="none")."""
         prep = self._prepare(logits, labels, dtype, levels, anchors, channel_order)
-        value, _, elems = self._run("forward", prep, normalizer, reduction)
-        return value if elems is None else self._shape_result(prep, elems)
+        if out is not None and reduction != "none":
+            raise ValueError('forward(out=...) takes the per-element loss: reduction="none" only')
+        value, _, elems = self._run("forward", prep, normalizer, reduction, elems_out=self._out_list(prep, out))
+        if elems is None:
+            return value
+        return self._shape_result(prep, elems) if out is None else out
 
     def accumulate(self, grad=None, labels=None, grad_scale=1.0, dtype=None, *,
                    levels=None, anchors=None, channel_order="anchor"):
@@ -651,15 +686,15 @@ class EqualizedFocalLoss:
 
     # -------------------------------------------------------- data parallel
     def compute(self, logits=None, labels=None, normalizer=None, reduction="mean", dtype=None, *,
-                levels=None, anchors=None, channel_order="anchor"):
+                levels=None, anchors=None, channel_order="anchor", out=None):
         """Data parallel, step 1 (efl.h "data parallel"): as step(), returning (loss, grad), but
         the state update waits for apply_statistics() with the sum over the ranks of what
         read_statistics() returns. A refused batch raises as step() does; call
         read_statistics() anyway (it flags the refusal) so that every rank skips the update."""
         prep = self._prepare(logits, labels, dtype, levels, anchors, channel_order)
-        value, grads, elems = self._run("compute", prep, normalizer, reduction)
+        value, grads, elems = self._run("compute", prep, normalizer, reduction, grad_out=self._out_list(prep, out))
         loss = value if elems is None else self._shape_result(prep, elems)
-        return loss, self._shape_result(prep, grads)
+        return loss, self._shape_result(prep, grads) if out is None else out
 
     def collect(self, grad=None, labels=None, grad_scale=1.0, dtype=None, *,
                 levels=None, anchors=None, channel_order="anchor"):

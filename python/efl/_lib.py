@@ -1,6 +1,11 @@
 """Low-level ctypes access to libefl: locating, loading and declaring the C API.
 
 Nothing in here is public; use the names exported by the ``efl`` package.
+
+The enums, structures and prototypes below are copied by hand from include/efl/efl.h;
+tests/python/test_abi.py checks every value, field offset and parameter kind against what the
+C compiler makes of the header (tests/abi_probe.c). A structure, enum dict or constant added
+here needs an entry in that test's tables.
 """
 
 import ctypes
