@@ -81,6 +81,18 @@ static void attach(efl_context *ctx, char *cache_dir, char *tune)
                 cache_dir ? q : "", tune ? q : "", tune ? tune : none, tune ? q : "");
 }
 
+/* A created context takes the copies; a failed creation frees them. */
+static efl_status settle(efl_status st, efl_context *ctx, char *cache_dir, char *tune)
+{
+    if (st == EFL_OK) {
+        attach(ctx, cache_dir, tune);
+    } else {
+        free(cache_dir);
+        free(tune);
+    }
+    return st;
+}
+
 efl_status efl_context_create_with_options(cl_context context, cl_device_id device,
                                            const efl_context_options *options, efl_context **out)
 {
@@ -91,13 +103,7 @@ efl_status efl_context_create_with_options(cl_context context, cl_device_id devi
     efl_status st = copy_options(options, &cache_dir, &tune);
     if (st == EFL_OK)
         st = efl_context_create(context, device, out);
-    if (st == EFL_OK) {
-        attach(*out, cache_dir, tune);
-    } else {
-        free(cache_dir);
-        free(tune);
-    }
-    return st;
+    return settle(st, *out, cache_dir, tune);
 }
 
 efl_status efl_context_create_default_with_options(const efl_context_options *options, efl_context **out)
@@ -109,11 +115,5 @@ efl_status efl_context_create_default_with_options(const efl_context_options *op
     efl_status st = copy_options(options, &cache_dir, &tune);
     if (st == EFL_OK)
         st = efl_context_create_default(out);
-    if (st == EFL_OK) {
-        attach(*out, cache_dir, tune);
-    } else {
-        free(cache_dir);
-        free(tune);
-    }
-    return st;
+    return settle(st, *out, cache_dir, tune);
 }
