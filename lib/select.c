@@ -196,20 +196,31 @@ size_t efl_devices_summary(char *buf, size_t size)
     return len;
 }
 
-efl_status efl_device_pick(const char *selector, cl_device_id *device)
+/* The device a selector (NULL or "": the default rule) picks, as its candidate entry. */
+static efl_status pick_candidate(const char *selector, candidate *out)
 {
-    if (!device)
-        return EFL_ERROR_NULL_HANDLE;
-    *device = NULL;
     candidate *cands = malloc(MAX_CANDIDATES * sizeof *cands);
     if (!cands)
         return EFL_ERROR_OUT_OF_MEMORY;
     const size_t count = list_devices(cands, MAX_CANDIDATES);
     const size_t pick = pick_index(cands, count, selector);
-    if (pick < count)
-        *device = cands[pick].device;
+    const efl_status st = count == 0 ? EFL_ERROR_NO_DEVICE : pick == count ? EFL_ERROR_DEVICE_NOT_FOUND : EFL_OK;
+    if (st == EFL_OK)
+        *out = cands[pick];
     free(cands);
-    return count == 0 ? EFL_ERROR_NO_DEVICE : pick == count ? EFL_ERROR_DEVICE_NOT_FOUND : EFL_OK;
+    return st;
+}
+
+efl_status efl_device_pick(const char *selector, cl_device_id *device)
+{
+    if (!device)
+        return EFL_ERROR_NULL_HANDLE;
+    *device = NULL;
+    candidate c;
+    const efl_status st = pick_candidate(selector, &c);
+    if (st == EFL_OK)
+        *device = c.device;
+    return st;
 }
 
 const char *efl_device_type_name(cl_device_id device)
@@ -228,19 +239,11 @@ efl_status efl_context_create_default(efl_context **out)
     if (!out)
         return EFL_ERROR_NULL_HANDLE;
     *out = NULL;
-    candidate *cands = malloc(MAX_CANDIDATES * sizeof *cands);
-    if (!cands)
-        return EFL_ERROR_OUT_OF_MEMORY;
-    const size_t count = list_devices(cands, MAX_CANDIDATES);
     const char *sel = getenv("EFL_DEVICE");
-    const size_t pick = pick_index(cands, count, sel);
-    if (pick == count) {
-        free(cands);
-        return count == 0 ? EFL_ERROR_NO_DEVICE : EFL_ERROR_DEVICE_NOT_FOUND;
-    }
-
-    const candidate c = cands[pick];
-    free(cands);
+    candidate c;
+    const efl_status picked = pick_candidate(sel, &c);
+    if (picked != EFL_OK)
+        return picked;
     cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)c.platform, 0};
     cl_int err = CL_SUCCESS;
     cl_context cl = clCreateContext(props, 1, &c.device, NULL, NULL, &err);
