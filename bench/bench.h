@@ -51,6 +51,11 @@ typedef struct {
     int wall; /* timed by the wall clock */
 } result_row;
 
+/* One run's ratios (report.c); 0 where a figure is missing. */
+typedef struct {
+    double f16, bf16, anchor, class_major, native, small;
+} bench_ratios;
+
 typedef struct {
     char name[256], vendor[256], platform[256];
     cl_device_type type;
@@ -163,6 +168,7 @@ void report_row(const result_row *row);
 void report_skipped(const case_def *cs, size_t n);
 void report_small_step(const device_result *d, int n, int c);
 void report_native(const result_row *row, double native_gelem_s);
+void report_ratios(const device_result *d);
 int report_json(const char *path, const device_result *d, size_t nd);
 int report_csv(const char *path, const device_result *d, size_t nd);
 

@@ -153,6 +153,8 @@ static int run_device(cl_context cl, cl_device_id dev, const bench_options *opt,
         rc = bench_run_cases(cl, dev, q, &b, &plan, opt, out);
     if (rc == 0 && (out->type & CL_DEVICE_TYPE_CPU))
         cpu_helpers(dev, opt, out);
+    if (rc == 0)
+        report_ratios(out);
     bench_buffers_release(&b);
     clReleaseCommandQueue(q);
     return rc;

@@ -98,6 +98,57 @@ void report_native(const result_row *row, double native_gelem_s)
            row->n, row->c, native_gelem_s, row->gelem_s / native_gelem_s);
 }
 
+/* ------------------------------------------------------------------ ratios */
+/* The step's G elements/s of the named case, or 0 where this run has none. */
+static double step_rate(const device_result *d, const char *label)
+{
+    for (size_t r = 0; r < d->nrows; ++r)
+        if (strcmp(d->rows[r].op, "step") == 0 && strcmp(d->rows[r].label, label) == 0)
+            return d->rows[r].gelem_s;
+    return 0.0;
+}
+
+/* Side-by-side ratios of one run, each > 0 only where both of its figures were measured: the
+ * 16-bit and head-layout steps against the float32 rows step (element rates), the step against
+ * the native C loop, and the small step against the empty kernel (times: lower is better). */
+static bench_ratios ratios_of(const device_result *d)
+{
+    const double f32 = step_rate(d, "lvis");
+    bench_ratios q = {0};
+    if (f32 > 0.0) {
+        q.f16 = step_rate(d, "lvis-f16") / f32;
+        q.bf16 = step_rate(d, "lvis-bf16") / f32;
+        q.anchor = step_rate(d, "lvis-anchor") / f32;
+        q.class_major = step_rate(d, "lvis-class") / f32;
+        q.native = d->native_gelem_s > 0.0 ? f32 / d->native_gelem_s : 0.0;
+    }
+    q.small = d->empty_roundtrip_s > 0.0 ? d->small_step_s / d->empty_roundtrip_s : 0.0;
+    return q;
+}
+
+static void print_ratio(const char *what, double v, int *first)
+{
+    if (v <= 0.0)
+        return;
+    printf("%s%s %.2fx", *first ? "   ratios: " : "; ", what, v);
+    *first = 0;
+}
+
+void report_ratios(const device_result *d)
+{
+    const bench_ratios q = ratios_of(d);
+    int first = 1;
+    print_ratio("f16/f32", q.f16, &first);
+    print_ratio("bf16/f32", q.bf16, &first);
+    print_ratio("anchor/rows", q.anchor, &first);
+    print_ratio("class/rows", q.class_major, &first);
+    print_ratio("step/native loop", q.native, &first);
+    print_ratio("small step/empty kernel", q.small, &first);
+    if (!first)
+        printf("\n");
+    fflush(stdout);
+}
+
 /* ------------------------------------------------------------------ JSON */
 static void json_string(FILE *f, const char *s)
 {
@@ -125,9 +176,14 @@ static void json_device(FILE *f, const device_result *d)
     fprintf(f,
             ",\"copy_gbps\":%.6g,\"read_gbps\":%.6g,\"first_call_s\":%.6g,\"first_call_warm_s\":%.6g,"
             "\"empty_roundtrip_s\":%.6g,"
-            "\"small_step_s\":%.6g,\"native_loop_gelem_s\":%.6g,\"cases\":[",
+            "\"small_step_s\":%.6g,\"native_loop_gelem_s\":%.6g,",
             d->copy_gbps, d->read_gbps, d->first_call_s, d->first_call_warm_s, d->empty_roundtrip_s, d->small_step_s,
             d->native_gelem_s);
+    const bench_ratios q = ratios_of(d);
+    fprintf(f,
+            "\"ratios\":{\"f16_vs_f32\":%.6g,\"bf16_vs_f32\":%.6g,\"anchor_vs_rows\":%.6g,\"class_vs_rows\":%.6g,"
+            "\"step_vs_native\":%.6g,\"small_vs_empty\":%.6g},\"cases\":[",
+            q.f16, q.bf16, q.anchor, q.class_major, q.native, q.small);
     for (size_t r = 0; r < d->nrows; ++r) {
         const result_row *w = &d->rows[r];
         fprintf(f, "%s\n  {\"case\":", r ? "," : "");

@@ -1,5 +1,6 @@
 /*
- * Last stage of a step (compiled after efl_common.h), one work-group: the loss total over columns
+ * Last stage of a step (compiled after efl_common.h, before efl_step.cl, whose fused path calls
+ * efl_apply_stage), one work-group: the loss total over columns
  * (fixed tree order), then, unless the step is refused, the state update of docs/semantics.md "Gradient
  * accumulation" and the next step's per-class (gamma_j, w_j) table. A step is refused for an
  * invalid label (flagged by efl_step), a non-finite value in a valid row, or a result beyond its
@@ -52,16 +53,17 @@ static inline uint efl_column_overflow(__global const acc_t *state, __global con
     return 0u;
 }
 
-__kernel __attribute__((reqd_work_group_size(EFL_APPLY_WG, 1, 1)))
-void efl_apply(__global const acc_t *restrict step_stats, __global const uint *restrict step_flags, uint cpad,
-               __global acc_t *restrict state, __global float *restrict table, __global float *restrict loss_out,
-               __global uint *restrict info, uint C, float gamma_b, float s, float loss_scale, int mode,
-               float stat_scale, __global const float *restrict norm, int use_norm, int write_loss, float mu,
-               float alpha)
+/* The apply stage for work-item lid of a group of nwi: it takes the tree's lanes lid, lid + nwi, ...
+ * of EFL_APPLY_WG and the columns lid, lid + nwi, ... The kernel efl_apply runs it with
+ * nwi == EFL_APPLY_WG (a lane each); the fused step (efl_step.cl) with its own group, fewer
+ * work-items: the same lanes, the same tree, so the same bits. part and seen: EFL_APPLY_WG each,
+ * in local memory. All work-items of the group call it (its barriers). */
+static inline void efl_apply_stage(__global const acc_t *step_stats, __global const uint *step_flags, uint cpad,
+                                   __global acc_t *state, __global float *table, __global float *loss_out,
+                                   __global uint *info, uint C, float gamma_b, float s, float loss_scale, int mode,
+                                   float stat_scale, __global const float *norm, int use_norm, int write_loss,
+                                   float mu, float alpha, __local acc_t *part, __local uint *seen, uint lid, uint nwi)
 {
-    __local acc_t part[EFL_APPLY_WG];
-    __local uint seen[EFL_APPLY_WG];
-    const uint lid = get_local_id(0);
     uint flags = 0u;
     /* read before the tree's barriers and written as a value, not incremented: PoCL 3.1 ran the
      * lid == 0 block below on every work-item in focal mode (the count rose by the group size) */
@@ -76,20 +78,22 @@ void efl_apply(__global const acc_t *restrict step_stats, __global const uint *r
             scale = loss_scale / nv;
             flags |= (nv > 0.0f && isfinite(nv) && isfinite(scale)) ? 0u : EFL_FLAG_BAD_NORMALIZER;
         }
-        acc_t l = acc_zero();
-        uint col = 0u;
-        for (uint j = lid; j < C; j += EFL_APPLY_WG) {
-            l = acc_add(l, step_stats[2u * cpad + j]);
-            col |= step_flags[1u + j] | efl_column_overflow(state, step_stats, C, cpad, j, stat_scale, mode);
+        for (uint v = lid; v < EFL_APPLY_WG; v += nwi) {
+            acc_t l = acc_zero();
+            uint col = 0u;
+            for (uint j = v; j < C; j += EFL_APPLY_WG) {
+                l = acc_add(l, step_stats[2u * cpad + j]);
+                col |= step_flags[1u + j] | efl_column_overflow(state, step_stats, C, cpad, j, stat_scale, mode);
+            }
+            part[v] = l;
+            seen[v] = col;
         }
-        part[lid] = l;
-        seen[lid] = col;
         /* the global fence orders every work-item's read of info[1] before work-item 0 writes it */
         barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
         for (uint w = EFL_APPLY_WG / 2; w > 0; w >>= 1) {
-            if (lid < w) {
-                part[lid] = acc_add(part[lid], part[lid + w]);
-                seen[lid] |= seen[lid + w];
+            for (uint v = lid; v < w; v += nwi) {
+                part[v] = acc_add(part[v], part[v + w]);
+                seen[v] |= seen[v + w];
             }
             barrier(CLK_LOCAL_MEM_FENCE);
         }
@@ -110,7 +114,7 @@ void efl_apply(__global const acc_t *restrict step_stats, __global const uint *r
     if (mode == EFL_APPLY_FORWARD || mode == EFL_APPLY_HOLD || flags != 0u)
         return; /* uniform across the work-group: no barrier follows */
 #if EFL_MODE != EFL_MODE_FOCAL /* focal loss keeps no state */
-    for (uint j = lid; j < C; j += EFL_APPLY_WG) {
+    for (uint j = lid; j < C; j += nwi) {
         acc_t g = state[2u * C + j];
         if (updates) {
             acc_t pos, neg;
@@ -132,4 +136,17 @@ void efl_apply(__global const acc_t *restrict step_stats, __global const uint *r
 #endif
     }
 #endif
+}
+
+__kernel __attribute__((reqd_work_group_size(EFL_APPLY_WG, 1, 1)))
+void efl_apply(__global const acc_t *restrict step_stats, __global const uint *restrict step_flags, uint cpad,
+               __global acc_t *restrict state, __global float *restrict table, __global float *restrict loss_out,
+               __global uint *restrict info, uint C, float gamma_b, float s, float loss_scale, int mode,
+               float stat_scale, __global const float *restrict norm, int use_norm, int write_loss, float mu,
+               float alpha)
+{
+    __local acc_t part[EFL_APPLY_WG];
+    __local uint seen[EFL_APPLY_WG];
+    efl_apply_stage(step_stats, step_flags, cpad, state, table, loss_out, info, C, gamma_b, s, loss_scale, mode,
+                    stat_scale, norm, use_norm, write_loss, mu, alpha, part, seen, get_local_id(0), EFL_APPLY_WG);
 }

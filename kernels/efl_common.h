@@ -89,12 +89,98 @@ typedef int16 intV;
 #error "EFL_VW must be 1, 4, 8 or 16"
 #endif
 
-/* Storage of logits and gradients (EFL_DTYPE): float32, float16 (vload_half/vstore_half: core
- * OpenCL 1.2, no cl_khr_fp16 needed, so NVIDIA's OpenCL has it too) or bfloat16 (the top 16
- * bits of a float, rounded to nearest even). Arithmetic is float32 throughout. */
+/* Storage of logits and gradients (EFL_DTYPE): float32, float16 or bfloat16 (the top 16 bits of
+ * a float, rounded to nearest even). Arithmetic is float32 throughout, and no storage type needs
+ * cl_khr_fp16 (core OpenCL 1.2, so NVIDIA's OpenCL has them too).
+ *
+ * Single values (EFL_VW == 1, the GPU shape, and the head layouts' per-lane edges) use
+ * vload_half / vstore_half_rte: GPUs convert in hardware. Vectors of 16-bit values (CPU runtimes)
+ * move as one EFL_VW-wide ushort vector, stored through a packed struct (PoCL splits a ushort
+ * vstoreN into N 16-bit stores), and are converted with integer bit operations and selects on
+ * the whole vector (efl_f16_to_f32 / efl_f32_to_f16, efl_bf16_V), which a compiler without
+ * hardware half conversions would otherwise do one element at a time; float16 keeps the
+ * built-ins where it has them (EFL_F16_BITS). Both give the same bits as the built-ins for every
+ * value but NaN's payload (tests/test_half.c: all 65536 halves and a set of floats, each way, on
+ * each device). */
 #ifndef EFL_DTYPE
 #define EFL_DTYPE 0
 #endif
+/* float16 vectors by the bit operations (1) or by vload_half4 / vstore_half4_rte (0): the
+ * built-ins where the compiler targets x86 with F16C (PoCL defines __F16C__ there), which has
+ * instructions for four and eight conversions at once. */
+#ifndef EFL_F16_BITS
+#ifdef __F16C__
+#define EFL_F16_BITS 0
+#else
+#define EFL_F16_BITS 1
+#endif
+#endif
+#if ((EFL_DTYPE == 1 && EFL_F16_BITS) || EFL_DTYPE == 2) && EFL_VW > 1
+#if EFL_VW == 4
+typedef ushort4 efl_ushortV;
+typedef uint4 efl_uintV;
+#define efl_as_uintV as_uint4
+#define efl_vload_u16(p) vload4(0, (__global const ushort *)(p))
+#define efl_convert_floatV convert_float4
+/* the low 16 bits of each lane (little endian), by reinterpretation: cheaper than convert_ushort4
+ * on PoCL */
+#define efl_low16(i) (as_ushort8(i).even)
+#elif EFL_VW == 8
+typedef ushort8 efl_ushortV;
+typedef uint8 efl_uintV;
+#define efl_as_uintV as_uint8
+#define efl_vload_u16(p) vload8(0, (__global const ushort *)(p))
+#define efl_convert_floatV convert_float8
+#define efl_low16(i) (as_ushort16(i).even)
+#else
+typedef ushort16 efl_ushortV;
+typedef uint16 efl_uintV;
+#define efl_as_uintV as_uint16
+#define efl_vload_u16(p) vload16(0, (__global const ushort *)(p))
+#define efl_convert_floatV convert_float16
+#define efl_low16(i) ((ushort16)(as_ushort16((i).lo).even, as_ushort16((i).hi).even))
+#endif
+/* Stores through a packed struct (alignment 1, as vstore's 2): PoCL writes a ushort vstoreN as
+ * N separate 16-bit stores, this as one vector store. */
+typedef struct __attribute__((packed)) {
+    efl_ushortV v;
+} efl_ushortV_unaligned;
+#define efl_vstore_u16(u, p) (((__global efl_ushortV_unaligned *)(p))->v = (u))
+/* 16-bit lanes widened to int (zero-extended) */
+#define efl_widen16(u) efl_as_intV(upsample((efl_ushortV)0, (u)))
+#endif
+
+#if EFL_DTYPE == 1 && EFL_VW > 1 && EFL_F16_BITS
+/* IEEE half bits (in the low 16 bits of each lane) -> float, exactly as vload_half: a normal
+ * half moves its exponent and mantissa up by 13 bits and rebiases (+112 << 23); infinity and NaN
+ * rebias to 0xFF (+224 << 23), keeping the payload, and NaN comes out quiet as from the
+ * built-in; a denormal or zero is its mantissa times 2^-24, which int -> float and the product
+ * give exactly. (Vector comparisons give -1 per true lane, so "& bits" is a select.) */
+static inline floatV efl_f16_to_f32(intV h)
+{
+    const intV em = h & 0x7FFF;
+    intV o = (em << 13) + (112 << 23);
+    o = select(o, (o + (112 << 23)) | ((em > 0x7C00) & 0x400000), em >= 0x7C00);
+    o = select(o, efl_as_intV(efl_convert_floatV(em) * 0x1p-24f), em < 0x400);
+    return efl_as_floatV(o | ((h & 0x8000) << 16));
+}
+/* float -> IEEE half bits, rounded to nearest even, exactly as vstore_half_rte. Normal halves
+ * (|f| >= 2^-14): rebias (-112 << 23) and round the 13 dropped bits by adding 0xFFF plus the kept
+ * lowest bit (ties to even), which carries into the exponent where the mantissa is full, up to
+ * infinity from 65520 on; beyond that, infinity. Denormal halves: |f| + 0.5 puts the value's
+ * multiples of 2^-24 in the float's low mantissa bits, rounded to nearest even by the float
+ * addition itself. NaN becomes the quiet NaN 0x7E00 with its sign (the built-ins differ here:
+ * PoCL gives 0x7FFF, Mesa's rusticl 0x7E00; a step that meets NaN is refused anyway). */
+static inline intV efl_f32_to_f16(floatV f)
+{
+    const intV b = efl_as_intV(f), a = b & 0x7FFFFFFF;
+    intV h = (a - ((112 << 23) - 0xFFF) + ((a >> 13) & 1)) >> 13;
+    h = select(h, efl_as_intV(efl_as_floatV(a) + 0.5f) - 0x3F000000, a < 0x38800000);
+    h = select(h, 0x7C00 | ((a > 0x7F800000) & 0x200), a >= 0x477FF000);
+    return h | ((b >> 16) & 0x8000);
+}
+#endif
+
 #if EFL_DTYPE == 2
 /* float -> bfloat16, round to nearest even. Only gradients are stored, and a step whose values
  * are not finite is refused whole, so NaN needs no care here. */
@@ -103,50 +189,58 @@ static inline ushort efl_bf16_1(float f)
     const uint b = as_uint(f);
     return (ushort)((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
 }
-static inline ushort4 efl_bf16_4(float4 f)
+#if EFL_VW > 1
+/* the same per lane, in the low 16 bits of each lane */
+static inline efl_uintV efl_bf16_V(floatV f)
 {
-    const uint4 b = as_uint4(f);
-    /* the high halves, by reinterpretation (little endian): 1.3x the step's speed over
-     * convert_ushort4 on PoCL */
-    return as_ushort8(b + 0x7FFFu + ((b >> 16) & 1u)).odd;
+    const efl_uintV b = efl_as_uintV(f);
+    return (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16;
 }
 #endif
+#endif
+
 #if EFL_DTYPE == 0
 typedef float efl_store_t;
 #define EFL_LOAD1(p) (*(p))
 #define EFL_STORE1(v, p) (*(p) = (v))
-#define EFL_LOAD4(p, i) vload4((i), (p))
-#define EFL_STORE4(v, p, i) vstore4((v), (i), (p))
 #elif EFL_DTYPE == 1
 typedef half efl_store_t;
 #define EFL_LOAD1(p) vload_half(0, (p))
 #define EFL_STORE1(v, p) vstore_half_rte((v), 0, (p))
-#define EFL_LOAD4(p, i) vload_half4((i), (p))
-#define EFL_STORE4(v, p, i) vstore_half4_rte((v), (i), (p))
 #elif EFL_DTYPE == 2
 typedef ushort efl_store_t;
 #define EFL_LOAD1(p) as_float((uint)(*(p)) << 16)
 #define EFL_STORE1(v, p) (*(p) = efl_bf16_1(v))
-#define EFL_LOAD4(p, i) as_float4(upsample(vload4((i), (p)), (ushort4)0))
-#define EFL_STORE4(v, p, i) vstore4(efl_bf16_4(v), (i), (p))
 #else
 #error "EFL_DTYPE must be 0 (float32), 1 (float16) or 2 (bfloat16)"
 #endif
-/* EFL_VW values from / to storage (built from 4-wide moves, see efl_loadV) */
+/* EFL_VW values from / to storage */
 #if EFL_VW == 1
 #define efl_load_x(p) EFL_LOAD1(p)
 #define efl_store_g(v, p) EFL_STORE1((v), (p))
-#elif EFL_VW == 4
-#define efl_load_x(p) EFL_LOAD4((p), 0)
-#define efl_store_g(v, p) EFL_STORE4((v), (p), 0)
+#elif EFL_DTYPE == 0
+#define efl_load_x(p) efl_loadV(p)
+#define efl_store_g(v, p) efl_storeV((v), (p))
+#elif EFL_DTYPE == 1 && !EFL_F16_BITS
+/* float4 pieces: vcvtph2ps / vcvtps2ph on x86 with F16C */
+#if EFL_VW == 4
+#define efl_load_x(p) vload_half4(0, (p))
+#define efl_store_g(v, p) vstore_half4_rte((v), 0, (p))
 #elif EFL_VW == 8
-#define efl_load_x(p) ((float8)(EFL_LOAD4((p), 0), EFL_LOAD4((p), 1)))
-#define efl_store_g(v, p) (EFL_STORE4((v).lo, (p), 0), EFL_STORE4((v).hi, (p), 1))
+#define efl_load_x(p) ((float8)(vload_half4(0, (p)), vload_half4(1, (p))))
+#define efl_store_g(v, p) (vstore_half4_rte((v).lo, 0, (p)), vstore_half4_rte((v).hi, 1, (p)))
 #else
-#define efl_load_x(p) ((float16)(EFL_LOAD4((p), 0), EFL_LOAD4((p), 1), EFL_LOAD4((p), 2), EFL_LOAD4((p), 3)))
+#define efl_load_x(p) ((float16)(vload_half4(0, (p)), vload_half4(1, (p)), vload_half4(2, (p)), vload_half4(3, (p))))
 #define efl_store_g(v, p)                                                                          \
-    (EFL_STORE4((v).s0123, (p), 0), EFL_STORE4((v).s4567, (p), 1), EFL_STORE4((v).s89ab, (p), 2),  \
-     EFL_STORE4((v).scdef, (p), 3))
+    (vstore_half4_rte((v).s0123, 0, (p)), vstore_half4_rte((v).s4567, 1, (p)),                    \
+     vstore_half4_rte((v).s89ab, 2, (p)), vstore_half4_rte((v).scdef, 3, (p)))
+#endif
+#elif EFL_DTYPE == 1
+#define efl_load_x(p) efl_f16_to_f32(efl_widen16(efl_vload_u16(p)))
+#define efl_store_g(v, p) efl_vstore_u16(efl_low16(efl_f32_to_f16(v)), (p))
+#else
+#define efl_load_x(p) efl_as_floatV(efl_widen16(efl_vload_u16(p)) << 16)
+#define efl_store_g(v, p) efl_vstore_u16(efl_low16(efl_bf16_V(v)), (p))
 #endif
 
 /* 1 if any lane of a comparison result is set (scalar comparisons give 1, vector ones -1). Eight

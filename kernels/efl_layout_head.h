@@ -20,7 +20,24 @@
 #define EFL_STEP_KERNEL efl_step_head
 #define EFL_VISIT_ROWS EFL_VW
 typedef intV efl_row_t; /* a visit's labels, one per lane, and what is decoded from them */
-#define efl_row_any(m) efl_any(m)
+
+/* Any lane of a comparison set: efl_any, but eight or sixteen lanes are folded in halves as
+ * vectors before the last words are tested (fewer shuffles than OR-ing four 64-bit words, and
+ * twice a visit: the invalid-label test and the positive test). */
+EFL_INLINE int efl_head_any(intV m)
+{
+#if EFL_VW == 8
+    const ulong2 t = as_ulong4(m).lo | as_ulong4(m).hi;
+    return (t.x | t.y) != 0;
+#elif EFL_VW == 16
+    const ulong4 w = as_ulong8(m).lo | as_ulong8(m).hi;
+    const ulong2 t = w.lo | w.hi;
+    return (t.x | t.y) != 0;
+#else
+    return efl_any(m);
+#endif
+}
+#define efl_row_any(m) efl_head_any(m)
 
 #if EFL_VW == 1
 #define efl_load_labels(p) (*(p))
@@ -32,11 +49,31 @@ typedef intV efl_row_t; /* a visit's labels, one per lane, and what is decoded f
 #define efl_load_labels(p) vload16(0, (p))
 #endif
 
+/* n / d for n < 2^31 and 1 <= d < 2^31 by one 32 x 32 -> 64-bit multiply and a shift (a
+ * 64-bit mul_hi is four multiplies on CPU runtimes): with l = ceil(log2 d), p = 31 + l and
+ * m = ceil(2^p / d) < 2^32, n m / 2^p = n / d + n e / 2^p with 0 <= e < 1, and n e / 2^p < 2^-l
+ * <= 1 / d, so the floor is the quotient's. Rows are below 2^31 (lib/step.c checks it). */
+typedef struct {
+    ulong m;
+    uint p;
+} efl_divisor;
+
+EFL_INLINE void efl_divisor_init(efl_divisor *v, uint d)
+{
+    v->p = 31u + (32u - (uint)clz(d - 1u));
+    v->m = ((1UL << v->p) + d - 1UL) / d;
+}
+
+EFL_INLINE uint efl_div(uint n, const efl_divisor *v) { return (uint)(((ulong)n * v->m) >> v->p); }
+
 /* The class a work-item reads and the level's geometry. */
 typedef struct {
     uint cr;    /* its class; padding work-items read a real one and count nothing */
-    uint hw, anchors;
-    ulong cs, astride, bstride;
+    uint hw;
+    efl_divisor hw_d, a_d; /* hw and anchors as divisors (efl_div) */
+    ulong astride;
+    ulong img_extra;  /* bstride - anchors * astride: an image's step beyond its planes' */
+    ulong class0;     /* cr * cs: where its class starts in a plane */
     int active; /* it owns a class: it stores */
 } efl_place;
 
@@ -49,10 +86,11 @@ EFL_INLINE void efl_place_init(efl_place *p, uint C, uint hw, uint anchors, ulon
     const uint c = get_global_id(0);
     p->cr = min(c, C - 1u);
     p->hw = hw;
-    p->anchors = anchors;
-    p->cs = cs;
+    efl_divisor_init(&p->hw_d, hw);
+    efl_divisor_init(&p->a_d, anchors);
     p->astride = astride;
-    p->bstride = bstride;
+    p->img_extra = bstride - (ulong)anchors * astride;
+    p->class0 = (ulong)p->cr * cs;
     p->active = c < C;
 }
 
@@ -62,7 +100,7 @@ EFL_INLINE floatV efl_load_factor(const efl_place *at, __global const float *row
 EFL_INLINE intV efl_positive(const efl_place *at, efl_row_t col) { return col == (int)at->cr; }
 
 /* No lane positive: none of the visit's rows is of this class. */
-EFL_INLINE int efl_all_negative(const efl_place *at, efl_row_t col, intV is_pos) { return !efl_any(is_pos); }
+EFL_INLINE int efl_all_negative(const efl_place *at, efl_row_t col, intV is_pos) { return !efl_head_any(is_pos); }
 
 /* Vectors per visit group: EFL_UNROLL while the rows last. At least one (r < r1), written so that
  * EFL_UNROLL = 1 folds to a constant. */
@@ -80,12 +118,15 @@ EFL_INLINE void efl_head_row(uint r, uint hw, uint anchors, uint *img, uint *a, 
     *a = ba - *img * anchors;
 }
 
-/* Where the work-item's element of row r lies; *s: the row's location. */
+/* Where the work-item's element of row r lies; *s: the row's location. With ba = r / hw the
+ * anchor plane and img = ba / anchors its image, img * bstride + a * astride = ba * astride +
+ * img * img_extra (a = ba - img * anchors): two multiplies, no division. */
 EFL_INLINE size_t efl_head_offset(const efl_place *at, uint r, uint *s)
 {
-    uint img, a;
-    efl_head_row(r, at->hw, at->anchors, &img, &a, s);
-    return (size_t)img * at->bstride + (size_t)a * at->astride + (size_t)at->cr * at->cs + *s;
+    const uint ba = efl_div(r, &at->hw_d);
+    *s = r - ba * at->hw;
+    const uint img = efl_div(ba, &at->a_d);
+    return (size_t)((ulong)ba * at->astride + (ulong)img * at->img_extra + at->class0 + *s);
 }
 
 /* Rows r ... r + EFL_VW - 1: one vector where they lie in the block and in one plane (the same
@@ -130,8 +171,9 @@ EFL_INLINE void efl_visit_store(const efl_place *at, const efl_visit *v, __globa
     }
     float t[EFL_VW];
     efl_storeV(value, t);
-    for (uint k = 0, rk = v->r, s; k < EFL_VW && rk < r1; ++k, ++rk)
-        EFL_STORE1(t[k], out + efl_head_offset(at, rk, &s));
+    for (uint k = 0, rk = v->r, s; k < EFL_VW; ++k, ++rk)
+        if (rk < r1)
+            EFL_STORE1(t[k], out + efl_head_offset(at, rk, &s));
 }
 
 /* sum of the lanes in a fixed order */

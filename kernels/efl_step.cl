@@ -1,4 +1,5 @@
 /*
+ * (Compiled after efl_reduce.cl and efl_apply.cl, whose stages the fused path below calls.)
  * The fused pass, one body for every layout (compiled after efl_common.h and the layouts'
  * addressing, of which EFL_PLANAR selects one: efl_layout_rows.h for [N, C] rows, the kernel
  * efl_step; efl_layout_head.h for a detection head's [B, A*C, H, W] levels, the kernel
@@ -15,7 +16,7 @@
  *
  * labels: the launch's labels in its row order from lab0 on (a head level's: efl_head_labels).
  * table: [3][cpad] gamma_j hi, gamma_j lo, w_j (EQLv2: pos_w, neg_w, unused), padded so vector
- *   loads never leave it.
+ *   loads never leave it (written only by the fused path's apply stage, after every read).
  * partials: [block0 + nblocks][4][cpad] floats: sum |grad| over positives, over negatives (EQLv2:
  *   |grad| before the reduction's scale), sum of loss; the fourth row holds uint bits, the
  *   EFL_FLAG_NONFINITE / EFL_FLAG_OVERFLOW seen in that column (efl_column_flags).
@@ -128,25 +129,11 @@ EFL_INLINE uint efl_block_end(const efl_place *at, uint r0, uint rows_per_block,
 #endif
 }
 
-__kernel __attribute__((reqd_work_group_size(EFL_WGX, 1, 1)))
-void EFL_STEP_KERNEL(__global const efl_store_t *restrict x, __global const int *restrict labels,
-                     __global efl_store_t *restrict grad, __global efl_store_t *restrict loss_el,
-                     __global float *restrict partials, __global uint *restrict block_flags,
-                     __global const float *restrict table, __global const float *restrict norm, uint n, uint C,
-                     uint cpad, uint rows_per_block, uint block0, float alpha_pos, float alpha_neg,
-                     float grad_scale, float elem_scale, int ignore_index, int convention, int write_grad,
-                     int write_loss, int collect, int use_norm, uint lab0, uint hw, uint anchors, ulong cs,
-                     ulong astride, ulong bstride)
+/* Row block b of the launch: its rows' visits, then its partials and flags. */
+EFL_INLINE void efl_step_block(const efl_place *at, const efl_launch *a, uint b, uint n, uint rows_per_block,
+                               uint block0, uint cpad, __global float *partials, __global uint *block_flags)
 {
-    efl_place at;
-    efl_place_init(&at, C, hw, anchors, cs, astride, bstride);
-    /* the device's normalizer is checked by efl_apply, which refuses the step if it is bad */
-    const float gs = use_norm ? grad_scale / norm[0] : grad_scale;
-    efl_launch a = {x, labels + lab0, grad, loss_el, C, ignore_index, convention, collect, write_grad, write_loss,
-                    gs, elem_scale};
-    efl_load_factors(&a, &at, table, cpad, alpha_pos, alpha_neg);
-    const uint b = get_group_id(1); /* == get_global_id(1) */
-    const uint r0 = b * rows_per_block, r1 = efl_block_end(&at, r0, rows_per_block, n);
+    const uint r0 = b * rows_per_block, r1 = efl_block_end(at, r0, rows_per_block, n);
 
     efl_sums s;
     efl_sums_zero(&s);
@@ -161,7 +148,7 @@ void EFL_STEP_KERNEL(__global const efl_store_t *restrict x, __global const int 
         const uint visits = efl_group_visits(r, r1);
         floatV gp = 0.0f, gn = 0.0f, gl = 0.0f;
         for (uint k = 0; k < visits; ++k, r += EFL_VISIT_ROWS)
-            efl_step_visit(&at, &a, r, r1, &s, &gp, &gn, &gl);
+            efl_step_visit(at, a, r, r1, &s, &gp, &gn, &gl);
         efl_kahan_add(&s.pos, &s.pos_c, gp);
         efl_kahan_add(&s.neg, &s.neg_c, gn);
         efl_kahan_add(&s.loss, &s.loss_c, gl);
@@ -171,7 +158,64 @@ void EFL_STEP_KERNEL(__global const efl_store_t *restrict x, __global const int 
     }
 
     __global float *pb = partials + (size_t)(block0 + b) * EFL_PARTIAL_ROWS * cpad;
-    efl_store_partials(&at, pb, cpad, &s, efl_column_flags(s.largest_in, s.largest_out));
+    efl_store_partials(at, pb, cpad, &s, efl_column_flags(s.largest_in, s.largest_out));
     if (get_global_id(0) == 0u)
         block_flags[block0 + b] = s.bad;
+}
+
+/* The fused path (EFL_FUSED: the rows layout on CPU builds, EFL_VW > 1, EFL and EQLv2): a small batch's whole
+ * step in one launch of one work-group whose EFL_WGX work-items cover every column (cpad ==
+ * EFL_WGX * EFL_VW). It runs the chain's row blocks one after another (efl_step_block), then
+ * efl_reduce's columns (efl_reduce_column) and efl_apply's stage (efl_apply_stage), a global
+ * barrier between the stages: the same sums in the same order as the chain, so the same bits,
+ * and the same refusals. A CPU runs one work-group on one core, so the host takes this path only
+ * where the chain's step would be one work-group too (step.c, fused_path). */
+/* Not in focal mode: PoCL 3.1 builds the fused kernel of focal mode (whose apply stage ends
+ * without a state update) wrongly with 3 work-items (C = 21: it hung, or crashed; test_uninit).
+ * Focal mode takes the chain. */
+#ifndef EFL_FUSED
+#define EFL_FUSED (!EFL_PLANAR && EFL_VW > 1 && EFL_MODE != EFL_MODE_FOCAL)
+#endif
+
+/* fused: 0 for the chain's step (a row block per group of dimension 1; the arguments from
+ * nblocks on are unused), 1 for the fused path (one group; nblocks blocks; the rest are
+ * efl_reduce's and efl_apply's arguments, named as there). */
+__kernel __attribute__((reqd_work_group_size(EFL_WGX, 1, 1)))
+void EFL_STEP_KERNEL(__global const efl_store_t *restrict x, __global const int *restrict labels,
+                     __global efl_store_t *restrict grad, __global efl_store_t *restrict loss_el,
+                     __global float *restrict partials, __global uint *restrict block_flags,
+                     __global float *restrict table, __global const float *restrict norm, uint n, uint C,
+                     uint cpad, uint rows_per_block, uint block0, float alpha_pos, float alpha_neg,
+                     float grad_scale, float elem_scale, int ignore_index, int convention, int write_grad,
+                     int write_loss, int collect, int use_norm, uint lab0, uint hw, uint anchors, ulong cs,
+                     ulong astride, ulong bstride, int fused, uint nblocks, __global acc_t *restrict step_stats,
+                     __global uint *restrict step_flags, __global acc_t *restrict state,
+                     __global float *restrict loss_out, __global uint *restrict info, float gamma_b, float s,
+                     float loss_scale, int mode, float stat_scale, int write_total, float mu, float alpha)
+{
+    efl_place at;
+    efl_place_init(&at, C, hw, anchors, cs, astride, bstride);
+    /* the device's normalizer is checked by efl_apply, which refuses the step if it is bad */
+    const float gs = use_norm ? grad_scale / norm[0] : grad_scale;
+    efl_launch a = {x, labels + lab0, grad, loss_el, C, ignore_index, convention, collect, write_grad, write_loss,
+                    gs, elem_scale};
+    efl_load_factors(&a, &at, table, cpad, alpha_pos, alpha_neg);
+#if EFL_FUSED
+    __local acc_t part[EFL_APPLY_WG];
+    __local uint seen[EFL_APPLY_WG];
+    if (fused) { /* uniform: a kernel argument */
+        for (uint b = 0; b < nblocks; ++b)
+            efl_step_block(&at, &a, b, n, rows_per_block, 0u, cpad, partials, block_flags);
+        /* the blocks' partials and flags, written by every work-item, before any is summed */
+        barrier(CLK_GLOBAL_MEM_FENCE);
+        const uint lid = get_local_id(0);
+        for (uint j = lid; j < cpad; j += EFL_WGX)
+            efl_reduce_column(partials, block_flags, nblocks, C, cpad, step_stats, step_flags, j);
+        barrier(CLK_GLOBAL_MEM_FENCE);
+        efl_apply_stage(step_stats, step_flags, cpad, state, table, loss_out, info, C, gamma_b, s, loss_scale, mode,
+                        stat_scale, norm, use_norm, write_total, mu, alpha, part, seen, lid, EFL_WGX);
+        return;
+    }
+#endif
+    efl_step_block(&at, &a, get_group_id(1), n, rows_per_block, block0, cpad, partials, block_flags);
 }

@@ -245,6 +245,18 @@ size_t efl_device_padded_columns(const efl_kernel_params *kp, uint32_t num_class
     return ((size_t)num_classes + per_group - 1) / per_group * per_group;
 }
 
+/* Rows per block such that a few blocks (fewer than four per core) come in a multiple of the
+ * cores, within the hi bound: a small step lasts as long as its busiest core, and with 5 blocks on
+ * 2 cores one core runs 3 while the other waits. Fewer blocks than cores stay as they are. */
+static size_t even_blocks(size_t n, size_t rows, size_t hi, size_t cores)
+{
+    const size_t blocks = (n + rows - 1) / rows;
+    if (cores < 2 || blocks <= cores || blocks >= 4 * cores || blocks % cores == 0)
+        return rows;
+    const size_t even = blocks / cores * cores, wider = (n + even - 1) / even;
+    return wider <= hi ? wider : rows;
+}
+
 unsigned efl_device_rows_per_block(const efl_device_info *info, const efl_kernel_params *kp, size_t n)
 {
     if (kp->rows)
@@ -269,6 +281,7 @@ unsigned efl_device_rows_per_block(const efl_device_info *info, const efl_kernel
         const size_t hi = 65536 / per_group > lo ? 65536 / per_group : lo;
         const size_t par = (n + 4 * (size_t)info->compute_units - 1) / (4 * (size_t)info->compute_units);
         min_rows = par < lo ? lo : par > hi ? hi : par;
+        min_rows = even_blocks(n, min_rows, hi, info->compute_units);
     }
     size_t rows = (n + max_blocks - 1) / max_blocks;
     if (rows < min_rows)

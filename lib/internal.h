@@ -46,6 +46,7 @@ struct efl_loss_s {
     float stat_scale;
     size_t stat_rows;
     cl_uint stat_flags;
+    int fused_logged; /* the log names the first batch that took the fused path (step.c) */
     cl_mem state;      /* [3][C] acc: pos_grad, neg_grad, pos_neg */
     cl_mem table;      /* [3][cpad] float: gamma_j hi, lo, w_j for the next step */
     cl_mem info;       /* [2] uint: flags of the last call, refused steps */

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "efl_protocol.h"
@@ -438,14 +439,58 @@ static kernel_args step_args(const efl_loss *loss, const efl_batch *bt, const ba
     return a;
 }
 
+/* What efl_apply takes from an op: its loss output and scales (apply_args). */
+typedef struct {
+    cl_mem loss_out;
+    float loss_scale, stat_scale;
+    cl_int mode, write_total;
+} apply_params;
+
+static cl_int apply_mode(efl_op op);
+
+/* The apply's parameters for a planned batch. */
+static apply_params apply_params_of(const efl_loss *loss, efl_op op, const efl_batch *bt, const batch_plan *p)
+{
+    const int collect = p->sc.collect;
+    /* an accumulate or an elementwise loss writes no total: info stands in for the buffer */
+    const int total = !collect && !p->sc.write_loss;
+    return (apply_params){total ? bt->loss : loss->info, collect ? 1.0f : p->scale, collect ? p->scale : 1.0f,
+                          apply_mode(op), total};
+}
+
+/* The step kernel's arguments after bstride (kernels/efl_step.cl): fused, then for the fused
+ * path the blocks and efl_apply's arguments; the chain's step sets them too (a kernel runs only
+ * with every argument set) and reads none. */
+static void fused_args(kernel_args *a, efl_loss *loss, const batch_plan *p, cl_int fused, const apply_params *ap)
+{
+    const float gamma_b = loss->cfg.gamma, s = loss->cfg.scale_factor, mu = loss->cfg.mu, alpha = loss->cfg.alpha;
+    ARG(a, fused);
+    ARG(a, p->nblocks);
+    ARG(a, loss->step_stats);
+    ARG(a, loss->step_flags);
+    ARG(a, loss->state);
+    ARG(a, ap->loss_out);
+    ARG(a, loss->info);
+    ARG(a, gamma_b);
+    ARG(a, s);
+    ARG(a, ap->loss_scale);
+    ARG(a, ap->mode);
+    ARG(a, ap->stat_scale);
+    ARG(a, ap->write_total);
+    ARG(a, mu);
+    ARG(a, alpha);
+}
+
 /* The step kernel once per level, each into its own row blocks of the partials. */
-static cl_int enqueue_steps(efl_loss *loss, const efl_batch *bt, const batch_plan *p, chain *ch)
+static cl_int enqueue_steps(efl_loss *loss, const efl_batch *bt, const batch_plan *p, const apply_params *ap,
+                            chain *ch)
 {
     const size_t local[2] = {loss->kp.wgx, 1};
     cl_int err = CL_SUCCESS;
     for (cl_uint l = 0, block0 = 0, lab0 = 0; l < p->nlevels && err == CL_SUCCESS;
          block0 += p->blocks[l], lab0 += (cl_uint)p->lv[l].n, ++l) {
-        const kernel_args a = step_args(loss, bt, p, l, block0, lab0);
+        kernel_args a = step_args(loss, bt, p, l, block0, lab0);
+        fused_args(&a, loss, p, 0, ap);
         const size_t global[2] = {p->planar ? loss->cpad : loss->cpad / loss->kp.vw, p->blocks[l]};
         err = chain_kernel(ch, &a, 2, global, local, 0, NULL);
     }
@@ -508,37 +553,82 @@ static cl_int apply_mode(efl_op op)
                                                           : EFL_APPLY_ACCUMULATE;
 }
 
+/* What efl_loss_read_statistics and the data parallel calls keep of the batch, as its last
+ * kernel is enqueued: the statistics' scale (P and N are scaled by it) and rows (an empty batch
+ * has none). */
+static void keep_stats(efl_loss *loss, const batch_plan *p)
+{
+    loss->stat_scale = p->sc.collect ? p->scale : 1.0f;
+    loss->stat_rows = p->n;
+}
+
 /* efl_apply, the last kernel: it signals the caller's event. */
-static cl_int enqueue_apply_last(efl_loss *loss, efl_op op, const efl_batch *bt, const batch_plan *p, chain *ch,
+static cl_int enqueue_apply_last(efl_loss *loss, const batch_plan *p, const apply_params *ap, chain *ch,
                                  cl_event *event)
 {
-    const int collect = p->sc.collect;
-    /* what efl_loss_read_statistics scales P and N by; an empty batch has none */
-    loss->stat_scale = collect ? p->scale : 1.0f;
-    loss->stat_rows = p->n;
-    /* an accumulate or an elementwise loss writes no total: info stands in for the buffer */
-    const int total = !collect && !p->sc.write_loss;
-    const kernel_args a = apply_args(loss, total ? bt->loss : loss->info, collect ? 1.0f : p->scale, apply_mode(op),
-                                     collect ? p->scale : 1.0f, p->sc.norm, total);
+    keep_stats(loss, p);
+    const kernel_args a = apply_args(loss, ap->loss_out, ap->loss_scale, ap->mode, ap->stat_scale, p->sc.norm,
+                                     ap->write_total);
     const size_t global = loss->kp.apply_wg;
     return chain_kernel(ch, &a, 1, &global, &global, 1, event);
 }
 
+/* Whether a planned batch takes the fused path: the whole step (step, reduce, apply) in one
+ * launch of the step kernel as one work-group (kernels/efl_step.cl, EFL_FUSED). It needs the
+ * rows layout on a build with the fused path (EFL_VW > 1: CPU devices; not focal mode) and one work-group across
+ * every column. A CPU runs a work-group on one core: so it is taken only where the chain's step is
+ * one work-group too (one row block, small batches), and it saves the reduce's and the apply's
+ * launches. The internal knob EFL_FUSED_PATH (tests) forces it: "0" never, "1" wherever the
+ * build and the columns allow, whatever the blocks. */
+static int fused_path(const efl_loss *loss, const batch_plan *p)
+{
+    const efl_kernel_params *kp = &loss->kp;
+    if (p->planar || p->nlevels != 1 || p->n == 0 || kp->vw <= 1 || loss->cpad != (cl_uint)kp->wgx * kp->vw ||
+        loss->cfg.mode == EFL_MODE_FOCAL) /* efl_step.cl: EFL_FUSED */
+        return 0;
+    const char *force = getenv("EFL_FUSED_PATH");
+    if (force && (force[0] == '0' || force[0] == '1') && force[1] == '\0')
+        return force[0] == '1';
+    return p->nblocks == 1;
+}
+
+/* The fused path's one launch: it signals the caller's event. */
+static cl_int enqueue_fused(efl_loss *loss, const efl_batch *bt, const batch_plan *p, const apply_params *ap,
+                            chain *ch, cl_event *event)
+{
+    keep_stats(loss, p);
+    if (!loss->fused_logged) {
+        loss->fused_logged = 1;
+        efl_log(loss->ctx, "loss %p: a batch of %zu rows took the fused path (step, reduce and apply in one launch)",
+                (void *)loss, p->n);
+    }
+    kernel_args a = step_args(loss, bt, p, 0, 0, 0);
+    fused_args(&a, loss, p, 1, ap);
+    const size_t global[2] = {loss->kp.wgx, 1};
+    return chain_kernel(ch, &a, 2, global, global, 1, event);
+}
+
 /* The kernel chain of a planned batch: the head layouts' labels, the step per level, the reduce,
- * the apply. On a failure the kernels already enqueued still run; our events are released. */
+ * the apply; or the fused path's one kernel. On a failure the kernels already enqueued still
+ * run; our events are released. */
 static efl_status enqueue_batch_chain(efl_loss *loss, cl_command_queue queue, efl_op op, const efl_batch *bt,
                                       const batch_plan *p, cl_uint nwait, const cl_event *wait, cl_event *event)
 {
     chain ch = chain_start(queue, nwait, wait);
+    const apply_params ap = apply_params_of(loss, op, bt, p);
     cl_int err = CL_SUCCESS;
-    if (p->n > 0 && p->planar)
-        err = enqueue_head_labels(loss, bt, p, &ch);
-    if (err == CL_SUCCESS && p->n > 0)
-        err = enqueue_steps(loss, bt, p, &ch);
-    if (err == CL_SUCCESS)
-        err = enqueue_reduce(loss, p, &ch);
-    if (err == CL_SUCCESS)
-        err = enqueue_apply_last(loss, op, bt, p, &ch, event);
+    if (fused_path(loss, p)) {
+        err = enqueue_fused(loss, bt, p, &ap, &ch, event);
+    } else {
+        if (p->n > 0 && p->planar)
+            err = enqueue_head_labels(loss, bt, p, &ch);
+        if (err == CL_SUCCESS && p->n > 0)
+            err = enqueue_steps(loss, bt, p, &ap, &ch);
+        if (err == CL_SUCCESS)
+            err = enqueue_reduce(loss, p, &ch);
+        if (err == CL_SUCCESS)
+            err = enqueue_apply_last(loss, p, &ap, &ch, event);
+    }
     chain_release(&ch);
     return err == CL_SUCCESS ? EFL_OK : efl_cl_fail(loss->ctx, err);
 }
