@@ -78,6 +78,11 @@ case "$what" in
     ./build/bench/efl-bench --default --quick --sweep 1000,3000,10000,30000,100000 --json build/bench/efl-bench.json
     # the Python binding's LVIS step against the device step, side by side in one process
     PYTHONPATH=python EFL_LIBRARY=build/libefl.so /usr/bin/python3 bench/binding_step.py --rounds 5
+    # one EFL training step of examples/train_tinygrad.py's head, efl.tinygrad against the same
+    # loss in tinygrad ops, side by side (tinygrad pinned by python/efl/tinygrad.py, in a venv)
+    DEV=CL PYTHONPATH=python EFL_LIBRARY=build/libefl.so \
+      tests/python/tinygrad_venv.sh build/tinygrad-venv bench/tinygrad_step.py --steps 4 ||
+      echo "bench: bench/tinygrad_step.py did not run (exit $?; see above)" >&2
     /usr/bin/python3 bench/plot.py build/bench/efl-bench.json build/bench/efl-bench.png ||
       { echo "bench: no picture (see above); the results are in build/bench/efl-bench.json" >&2; exit 1; }
     echo "bench: the picture is $PWD/build/bench/efl-bench.png (results: build/bench/efl-bench.json)" ;;

@@ -20,6 +20,8 @@
     crit = efl.torch.EqualizedFocalLossModule(1203)
     crit(logits_tensor, labels_tensor, normalizer=num_pos).backward()
 
+    import efl.tinygrad                   # tinygrad's CL device, zero-copy (docs/tinygrad.md)
+
 The library is found through the environment variable EFL_LIBRARY (a path to
 libefl.so; when set, nothing else is tried), else the libefl.so inside this package
 (where `pip install .` puts it), else <repo>/build/libefl.so (a source build), else
@@ -53,6 +55,7 @@ __all__ = [
     "FocalLoss",
     "EQLv2Loss",
     "EflError",
+    "ExternalContext",
     "Status",
     "version",
     "version_number",
@@ -138,6 +141,88 @@ def _check(status):
         raise EflError(status, detail=_context_detail(status))
 
 
+_live_contexts = weakref.WeakSet()
+
+
+class ExternalContext:
+    """An efl context on the caller's OpenCL context and device (efl_context_create), for a
+    framework that owns its own OpenCL objects (efl.tinygrad uses one per tinygrad CL device).
+
+    cl_context, cl_device: the handles as integer addresses (e.g. ctypes.cast(h, c_void_p).value).
+    The library retains both and releases them when this context is closed; the caller keeps its
+    own references. Losses made with EqualizedFocalLoss(..., context=this) keep it alive; close()
+    also closes them. The process-wide default context (efl_context_create_default) is unaffected.
+    """
+
+    def __init__(self, cl_context, cl_device):
+        for name, h in (("cl_context", cl_context), ("cl_device", cl_device)):
+            if isinstance(h, bool) or not isinstance(h, int) or h <= 0:
+                raise ValueError("%s must be a non-NULL handle given as an int address, got %r" % (name, h))
+        self.cl_context, self.cl_device = int(cl_context), int(cl_device)
+        self._lock = threading.RLock()
+        self._losses = weakref.WeakSet()
+        handle = ctypes.c_void_p()
+        st = _fn("efl_context_create")(ctypes.c_void_p(self.cl_context), ctypes.c_void_p(self.cl_device),
+                                       ctypes.byref(handle))
+        if st != Status.OK:
+            raise EflError(st)
+        self._handle = handle
+        _live_contexts.add(self)
+
+    def _live(self):
+        if self._handle is None:
+            raise ValueError("the efl context is closed")
+        return self._handle
+
+    @property
+    def closed(self):
+        return self._handle is None
+
+    def log(self):
+        """This context's log (kernel build logs)."""
+        with self._lock:
+            return _read_log(_lib.load(), self._live())
+
+    def detail(self, status):
+        """Extra words for an error whose explanation lives in this context (or None)."""
+        with self._lock:
+            if self._handle is None:
+                return None
+            lib = _lib.load()
+            if status == Status.ERROR_OPENCL:
+                return "OpenCL error %d" % lib.efl_context_last_cl_error(self._handle)
+            if status == Status.ERROR_BUILD_FAILED:
+                log = _read_log(lib, self._handle)
+                return log[-4000:] if log else None
+        return None
+
+    def check(self, status):
+        if status != Status.OK:
+            raise EflError(status, detail=self.detail(status))
+
+    def close(self):
+        """Close the losses made on this context, then destroy it. Idempotent."""
+        for loss in list(self._losses):
+            try:
+                loss.close()
+            except Exception:  # pragma: no cover - best effort
+                pass
+        with self._lock:
+            handle, self._handle = self._handle, None
+            if handle is not None:
+                _lib.load().efl_context_destroy(handle)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+    def __repr__(self):
+        return "ExternalContext(cl_context=0x%x, cl_device=0x%x%s)" % (
+            self.cl_context, self.cl_device, ", closed" if self.closed else "")
+
+
 @atexit.register
 def _shutdown():
     global _ctx
@@ -145,6 +230,11 @@ def _shutdown():
         for loss in list(_live_losses):
             try:
                 loss.close()
+            except Exception:  # pragma: no cover - best effort at exit
+                pass
+        for c in list(_live_contexts):
+            try:
+                c.close()
             except Exception:  # pragma: no cover - best effort at exit
                 pass
         if _ctx is not None:
@@ -254,6 +344,9 @@ class EqualizedFocalLoss:
     C = background). accumulate: "auto" (float64 running totals where the device has them)
     or "float_pairs" (compensated floats).
 
+    context: None (the process-wide default context) or an efl.ExternalContext (the caller's
+    OpenCL context and device; the loss keeps it alive).
+
     Calls on one loss are serialised by a lock; distinct losses may run concurrently.
     """
 
@@ -271,8 +364,10 @@ class EqualizedFocalLoss:
         accumulate="auto",
         mode=None,
         mu=None,
+        context=None,
     ):
         self._handle = None
+        self._context = None
         self._lock = threading.Lock()
         if mode is None:
             mode = self._default_mode
@@ -326,6 +421,16 @@ class EqualizedFocalLoss:
         self.labels = labels
         self.accumulate_mode = accumulate
 
+        if context is not None:
+            if not isinstance(context, ExternalContext):
+                raise TypeError("context must be an efl.ExternalContext or None, got %s" % type(context).__name__)
+            with context._lock:
+                handle = ctypes.c_void_p()
+                context.check(lib.efl_loss_create(context._live(), ctypes.byref(cfg), ctypes.byref(handle)))
+                self._handle, self._context = handle, context
+                context._losses.add(self)
+                _live_losses.add(self)
+            return
         with _ctx_lock:
             ctx = _context()
             handle = ctypes.c_void_p()
@@ -882,9 +987,9 @@ class FocalLoss(EqualizedFocalLoss):
     _default_mode = "focal"
 
     def __init__(self, num_classes, gamma=None, alpha=None, ignore_index=-1, loss_weight=None, labels="reference",
-                 accumulate="auto"):
+                 accumulate="auto", context=None):
         super().__init__(num_classes, gamma=gamma, alpha=alpha, ignore_index=ignore_index, loss_weight=loss_weight,
-                         labels=labels, accumulate=accumulate, mode="focal")
+                         labels=labels, accumulate=accumulate, mode="focal", context=context)
 
 
 class EQLv2Loss(EqualizedFocalLoss):
@@ -896,9 +1001,9 @@ class EQLv2Loss(EqualizedFocalLoss):
     _default_mode = "eqlv2"
 
     def __init__(self, num_classes, gamma=None, mu=None, alpha=None, ignore_index=-1, loss_weight=None,
-                 labels="reference", accumulate="auto"):
+                 labels="reference", accumulate="auto", context=None):
         super().__init__(num_classes, gamma=gamma, alpha=alpha, ignore_index=ignore_index, loss_weight=loss_weight,
-                         labels=labels, accumulate=accumulate, mode="eqlv2", mu=mu)
+                         labels=labels, accumulate=accumulate, mode="eqlv2", mu=mu, context=context)
 
 
 # ------------------------------------------------------------------ devices
@@ -943,8 +1048,8 @@ def default_device(selector=None):
 
 def __getattr__(name):
     """efl.torch, the PyTorch adapter, is imported on first use (numpy-only users never load torch)."""
-    if name == "torch":
+    if name in ("torch", "tinygrad"):
         import importlib
 
-        return importlib.import_module(".torch", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError("module %r has no attribute %r" % (__name__, name))

@@ -18,6 +18,7 @@ __all__ = [
     "Status",
     "Config",
     "HostBatch",
+    "Batch",
     "MAX_LEVELS",
     "REDUCTIONS",
     "LABEL_CONVENTIONS",
@@ -119,6 +120,31 @@ class HostBatch(ctypes.Structure):
     ]
 
 
+class Batch(ctypes.Structure):
+    """efl_batch: a batch in the caller's cl_mem buffers (handles as raw addresses, c_void_p);
+    efl_enqueue_batch runs it on the caller's command queue (efl.tinygrad)."""
+
+    _fields_ = [
+        ("layout", ctypes.c_int),
+        ("dtype", ctypes.c_int),
+        ("rows", ctypes.c_size_t),
+        ("images", ctypes.c_uint32),
+        ("anchors", ctypes.c_uint32),
+        ("levels", ctypes.c_uint32),
+        ("height", ctypes.c_uint32 * MAX_LEVELS),
+        ("width", ctypes.c_uint32 * MAX_LEVELS),
+        ("input", ctypes.c_void_p * MAX_LEVELS),
+        ("grad", ctypes.c_void_p * MAX_LEVELS),
+        ("loss_elems", ctypes.c_void_p * MAX_LEVELS),
+        ("labels", ctypes.c_void_p),
+        ("reduction", ctypes.c_int),
+        ("normalizer", ctypes.c_float),
+        ("normalizer_buffer", ctypes.c_void_p),
+        ("loss", ctypes.c_void_p),
+        ("grad_scale", ctypes.c_float),
+    ]
+
+
 _c_float_p = ctypes.POINTER(ctypes.c_float)
 _c_double_p = ctypes.POINTER(ctypes.c_double)
 _c_int32_p = ctypes.POINTER(ctypes.c_int32)
@@ -178,6 +204,20 @@ _PROTOTYPES = {
     "efl_loss_load_checkpoint_host": (_status, [_handle, ctypes.c_char_p]),
     "efl_loss_read_statistics_host": (_status, [_handle, _c_double_p]),
     "efl_loss_apply_statistics_host": (_status, [_handle, _c_double_p]),
+    # the caller's OpenCL objects (efl.ExternalContext, efl.tinygrad): handles are raw addresses
+    "efl_context_create": (_status, [_handle, _handle, _handle_p]),
+    "efl_batch_init": (None, [ctypes.POINTER(Batch)]),
+    "efl_enqueue_batch": (
+        _status,
+        [_handle, _handle, ctypes.c_int, ctypes.POINTER(Batch), ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p],
+    ),
+    "efl_loss_read_statistics": (_status, [_handle, _handle, _c_double_p]),
+    "efl_loss_apply_statistics": (_status, [_handle, _handle, _c_double_p]),
+    "efl_loss_query_status": (_status, [_handle, _handle]),
+    "efl_loss_skipped_steps": (_status, [_handle, _handle, ctypes.POINTER(ctypes.c_uint32)]),
+    "efl_loss_read_state": (_status, [_handle, _handle, _c_double_p, _c_double_p, _c_double_p]),
+    "efl_loss_write_state": (_status, [_handle, _handle, _c_double_p, _c_double_p, _c_double_p]),
+    "efl_loss_reset_state": (_status, [_handle, _handle]),
 }
 
 # Declared when present: a library older than the header lacks them, and the calls that need
@@ -195,6 +235,16 @@ _OPTIONAL = {
     "efl_device_type_name",
     "efl_device_describe",
     "efl_devices_summary",
+    "efl_context_create",
+    "efl_batch_init",
+    "efl_enqueue_batch",
+    "efl_loss_read_statistics",
+    "efl_loss_apply_statistics",
+    "efl_loss_query_status",
+    "efl_loss_skipped_steps",
+    "efl_loss_read_state",
+    "efl_loss_write_state",
+    "efl_loss_reset_state",
 }
 
 

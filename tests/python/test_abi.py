@@ -10,7 +10,7 @@ offsets and sizes, the scalar types' sizes. Checked here:
   structure that efl.h declares (names read from the header's text);
 - _lib.Status and the enum dicts (REDUCTIONS, DTYPES, LAYOUTS, ...) hold exactly the enums'
   values, under the names the table below gives each;
-- Config and HostBatch have the C structures' field names in order, offsets, sizes, total
+- Config, HostBatch and Batch have the C structures' field names in order, offsets, sizes, total
   size and alignment; MAX_LEVELS is EFL_MAX_LEVELS;
 - every function in _lib._PROTOTYPES is declared in efl.h with as many parameters, each a
   pointer where C has one and otherwise a scalar of C's size, float-ness and signedness; void
@@ -45,7 +45,7 @@ ENUM_MIRRORS = {
 }
 STATUS_ENUM = "efl_status"
 STATUS_SENTINELS = {"EFL_STATUS_COUNT_"}  # not a status: no mirror
-STRUCT_MIRRORS = {"Config": "efl_loss_config", "HostBatch": "efl_host_batch"}
+STRUCT_MIRRORS = {"Config": "efl_loss_config", "HostBatch": "efl_host_batch", "Batch": "efl_batch"}
 CONST_MIRRORS = {"MAX_LEVELS": "EFL_MAX_LEVELS"}
 # OpenCL handle types: pointers to opaque structures
 CL_HANDLES = {"cl_platform_id", "cl_device_id", "cl_context", "cl_command_queue", "cl_mem", "cl_program",
@@ -219,7 +219,7 @@ def test_constants():
 
 
 def test_structures():
-    """Config and HostBatch: the C structures' fields in order, each at C's offset with C's size;
+    """Config, HostBatch and Batch: the C structures' fields in order, each at C's offset with C's size;
     the same total size and alignment. Every Structure in _lib.py has an entry in STRUCT_MIRRORS."""
     classes = {k for k, v in vars(LIB).items()
                if isinstance(v, type) and issubclass(v, ctypes.Structure) and v.__module__ == LIB.__name__}
