@@ -284,6 +284,27 @@ _STATE_NAMES = ("pos_grad", "neg_grad", "pos_neg")
 _CHANNEL_ORDERS = {"anchor": "anchor", "anchor_major": "anchor", "class": "class", "class_major": "class"}
 
 
+def _level_geometry(i, shape, C, images, anchors):
+    """Level i's (images, anchors, H, W) from its shape [B, A*C, H, W], checked against the levels
+    before it (images, anchors: None until a level sets them); ValueError naming the level."""
+    if len(shape) != 4:
+        raise ValueError("level %d must have shape [B, A*C, H, W], got %s" % (i, tuple(shape)))
+    b, ch, h, w = (int(v) for v in shape)
+    if images is None:
+        images = b
+    elif b != images:
+        raise ValueError("level %d has %d images, level 0 has %d" % (i, b, images))
+    if anchors is None:
+        if ch == 0 or ch % C:
+            raise ValueError("level %d: %d channels is not a multiple of num_classes=%d" % (i, ch, C))
+        anchors = ch // C
+    elif ch != int(anchors) * C:
+        raise ValueError("level %d: %d channels, want anchors * num_classes = %d * %d" % (i, ch, int(anchors), C))
+    if h > _UINT32_MAX or w > _UINT32_MAX:
+        raise ValueError("level %d: height and width must fit in uint32" % i)
+    return images, anchors, h, w
+
+
 
 def _out_array(o, name):
     """out= as a numpy array sharing its memory: a numpy array as it is, a CPU torch tensor
@@ -600,22 +621,7 @@ class EqualizedFocalLoss:
                 dtype = dt  # the first level decides; the others convert to it
             elif dt != dtype:
                 raise ValueError("level %d: storage %s, the others %s" % (i, dt, dtype))
-            if a.ndim != 4:
-                raise ValueError("level %d must have shape [B, A*C, H, W], got %s" % (i, tuple(a.shape)))
-            b, ch, h, w = (int(v) for v in a.shape)
-            if images is None:
-                images = b
-            elif b != images:
-                raise ValueError("level %d has %d images, level 0 has %d" % (i, b, images))
-            if anchors is None:
-                if ch == 0 or ch % C:
-                    raise ValueError("level %d: %d channels is not a multiple of num_classes=%d" % (i, ch, C))
-                anchors = ch // C
-            elif ch != int(anchors) * C:
-                raise ValueError("level %d: %d channels, want anchors * num_classes = %d * %d"
-                                 % (i, ch, int(anchors), C))
-            if h > _UINT32_MAX or w > _UINT32_MAX:
-                raise ValueError("level %d: height and width must fit in uint32" % i)
+            images, anchors, h, w = _level_geometry(i, a.shape, C, images, anchors)
             arrays.append(a)
             hw.append((h, w))
         anchors = int(anchors)

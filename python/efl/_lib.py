@@ -97,10 +97,9 @@ class Config(ctypes.Structure):
     ]
 
 
-class HostBatch(ctypes.Structure):
-    """efl_host_batch: a batch on host arrays (pointers are raw addresses, c_void_p)."""
-
-    _fields_ = [
+def _batch_fields(buffers):
+    """The fields of efl_host_batch (buffers False) or efl_batch (True, with normalizer_buffer)."""
+    return [
         ("layout", ctypes.c_int),
         ("dtype", ctypes.c_int),
         ("rows", ctypes.c_size_t),
@@ -115,34 +114,23 @@ class HostBatch(ctypes.Structure):
         ("labels", ctypes.c_void_p),
         ("reduction", ctypes.c_int),
         ("normalizer", ctypes.c_float),
+    ] + ([("normalizer_buffer", ctypes.c_void_p)] if buffers else []) + [
         ("loss", ctypes.c_void_p),
         ("grad_scale", ctypes.c_float),
     ]
+
+
+class HostBatch(ctypes.Structure):
+    """efl_host_batch: a batch on host arrays (pointers are raw addresses, c_void_p)."""
+
+    _fields_ = _batch_fields(False)
 
 
 class Batch(ctypes.Structure):
     """efl_batch: a batch in the caller's cl_mem buffers (handles as raw addresses, c_void_p);
     efl_enqueue_batch runs it on the caller's command queue (efl.tinygrad)."""
 
-    _fields_ = [
-        ("layout", ctypes.c_int),
-        ("dtype", ctypes.c_int),
-        ("rows", ctypes.c_size_t),
-        ("images", ctypes.c_uint32),
-        ("anchors", ctypes.c_uint32),
-        ("levels", ctypes.c_uint32),
-        ("height", ctypes.c_uint32 * MAX_LEVELS),
-        ("width", ctypes.c_uint32 * MAX_LEVELS),
-        ("input", ctypes.c_void_p * MAX_LEVELS),
-        ("grad", ctypes.c_void_p * MAX_LEVELS),
-        ("loss_elems", ctypes.c_void_p * MAX_LEVELS),
-        ("labels", ctypes.c_void_p),
-        ("reduction", ctypes.c_int),
-        ("normalizer", ctypes.c_float),
-        ("normalizer_buffer", ctypes.c_void_p),
-        ("loss", ctypes.c_void_p),
-        ("grad_scale", ctypes.c_float),
-    ]
+    _fields_ = _batch_fields(True)
 
 
 _c_float_p = ctypes.POINTER(ctypes.c_float)

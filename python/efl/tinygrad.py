@@ -53,7 +53,7 @@ import threading
 
 import numpy as np
 
-from . import EflError, EqualizedFocalLoss as _NativeLoss, ExternalContext, Status, _lib
+from . import EflError, EqualizedFocalLoss as _NativeLoss, ExternalContext, Status, _lib, _level_geometry
 
 # The tinygrad versions this module was tested with: the only place the range is written
 # (tests/python/tinygrad_venv.sh and scripts/setup.sh read it from here).
@@ -281,22 +281,7 @@ class EqualizedFocalLoss:
                 raise ValueError("channel_order must be 'anchor' or 'class', got %r" % (channel_order,))
             images = None
             for i, t in enumerate(tensors):
-                if len(t.shape) != 4:
-                    raise ValueError("level %d must have shape [B, A*C, H, W], got %s" % (i, tuple(t.shape)))
-                bi, ch, h, w = (int(v) for v in t.shape)
-                if images is None:
-                    images = bi
-                elif bi != images:
-                    raise ValueError("level %d has %d images, level 0 has %d" % (i, bi, images))
-                if anchors is None:
-                    if ch == 0 or ch % C:
-                        raise ValueError("level %d: %d channels is not a multiple of num_classes=%d" % (i, ch, C))
-                    anchors = ch // C
-                elif ch != int(anchors) * C:
-                    raise ValueError("level %d: %d channels, want anchors * num_classes = %d * %d"
-                                     % (i, ch, int(anchors), C))
-                if h > _UINT32_MAX or w > _UINT32_MAX:
-                    raise ValueError("level %d: height and width must fit in uint32" % i)
+                images, anchors, h, w = _level_geometry(i, t.shape, C, images, anchors)
                 b.height[i], b.width[i] = h, w
             anchors = int(anchors)
             if images > _UINT32_MAX or not 1 <= anchors <= _UINT32_MAX:
