@@ -164,22 +164,6 @@ static void test_conversions(void)
  * rounding) for every value but a NaN's payload: all 65536 16-bit patterns, and floats of every
  * exponent with the mantissas around each rounding point, plus random ones (under
  * EFL_TEST_SMALL, the simulator, one width and every 61st float). */
-static char *read_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        tu_fatal(__FILE__, __LINE__, path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *s = malloc((size_t)n + 1);
-    if (!s || fread(s, 1, (size_t)n, f) != (size_t)n)
-        tu_fatal(__FILE__, __LINE__, "read");
-    s[n] = '\0';
-    fclose(f);
-    return s;
-}
-
 static const char *conv_src =
     "__kernel void conv(__global const efl_store_t *h, __global float *h_new, __global float *h_ref,\n"
     "                   __global const float *f, __global efl_store_t *f_new, __global efl_store_t *f_ref,\n"
@@ -284,9 +268,9 @@ static void test_device_conversions(efl_dtype dtype, int vw, int bits, const uin
              dtype == EFL_DTYPE_FLOAT16 ? "float16" : "bfloat16", vw,
              dtype != EFL_DTYPE_FLOAT16 ? "" : bits ? " EFL_F16_BITS=1" : " EFL_F16_BITS=0");
     tu_begin(name);
-    char *labels = read_text(EFL_SOURCE_DIR "/kernels/efl_labels.h");
-    char *protocol = read_text(EFL_SOURCE_DIR "/kernels/efl_protocol.h");
-    char *common = read_text(EFL_SOURCE_DIR "/kernels/efl_common.h");
+    char *labels = tu_read_text(EFL_SOURCE_DIR "/kernels/efl_labels.h");
+    char *protocol = tu_read_text(EFL_SOURCE_DIR "/kernels/efl_protocol.h");
+    char *common = tu_read_text(EFL_SOURCE_DIR "/kernels/efl_common.h");
     const char *srcs[4] = {labels, protocol, common, conv_src};
     cl_int err = CL_SUCCESS;
     cl_program prog = clCreateProgramWithSource(E.cl, 4, srcs, NULL, &err);

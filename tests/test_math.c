@@ -22,22 +22,6 @@
 
 static tu_env E;
 
-static char *read_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        tu_fatal(__FILE__, __LINE__, path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *s = malloc((size_t)n + 1);
-    if (!s || fread(s, 1, (size_t)n, f) != (size_t)n)
-        tu_fatal(__FILE__, __LINE__, "read");
-    s[n] = '\0';
-    fclose(f);
-    return s;
-}
-
 /* out[4i..4i+3] = exp_nonpos(a), log1p_unit(b), focal loss, focal grad for inputs
  * (a, b, x, gamma, is_pos) of element i. */
 static const char *probe_src =
@@ -79,9 +63,9 @@ static void run_width(int vw, int fma)
     char name[96];
     snprintf(name, sizeof name, "approximation bounds, EFL_VW=%d, EFL_FMA=%d", vw, fma);
     tu_begin(name);
-    char *labels = read_file(EFL_SOURCE_DIR "/kernels/efl_labels.h");
-    char *protocol = read_file(EFL_SOURCE_DIR "/kernels/efl_protocol.h");
-    char *common = read_file(EFL_SOURCE_DIR "/kernels/efl_common.h");
+    char *labels = tu_read_text(EFL_SOURCE_DIR "/kernels/efl_labels.h");
+    char *protocol = tu_read_text(EFL_SOURCE_DIR "/kernels/efl_protocol.h");
+    char *common = tu_read_text(EFL_SOURCE_DIR "/kernels/efl_common.h");
     const char *srcs[4] = {labels, protocol, common, probe_src}; /* the library's order */
     cl_int err = CL_SUCCESS;
     cl_program prog = clCreateProgramWithSource(E.cl, 4, srcs, NULL, &err);

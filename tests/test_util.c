@@ -161,6 +161,22 @@ void tu_release(cl_mem b)
         clReleaseMemObject(b);
 }
 
+char *tu_read_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        tu_fatal(__FILE__, __LINE__, path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    char *s = malloc((size_t)n + 1);
+    if (!s || fread(s, 1, (size_t)n, f) != (size_t)n)
+        tu_fatal(__FILE__, __LINE__, "read");
+    s[n] = '\0';
+    fclose(f);
+    return s;
+}
+
 void *tu_xmalloc(size_t bytes)
 {
     void *p = malloc(bytes ? bytes : 1);
