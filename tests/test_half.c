@@ -268,25 +268,11 @@ static void test_device_conversions(efl_dtype dtype, int vw, int bits, const uin
              dtype == EFL_DTYPE_FLOAT16 ? "float16" : "bfloat16", vw,
              dtype != EFL_DTYPE_FLOAT16 ? "" : bits ? " EFL_F16_BITS=1" : " EFL_F16_BITS=0");
     tu_begin(name);
-    char *labels = tu_read_text(EFL_SOURCE_DIR "/kernels/efl_labels.h");
-    char *protocol = tu_read_text(EFL_SOURCE_DIR "/kernels/efl_protocol.h");
-    char *common = tu_read_text(EFL_SOURCE_DIR "/kernels/efl_common.h");
-    const char *srcs[4] = {labels, protocol, common, conv_src};
-    cl_int err = CL_SUCCESS;
-    cl_program prog = clCreateProgramWithSource(E.cl, 4, srcs, NULL, &err);
-    REQUIRE_CL(err);
     char opts[256];
     snprintf(opts, sizeof opts, "-cl-std=CL1.2 -DEFL_VW=%d -DEFL_DTYPE=%d -DEFL_F16_BITS=%d -DEFL_FP64=0 -DEFL_FMA=0 "
              "-DEFL_WGX=1 -DEFL_APPLY_WG=1", vw, dtype == EFL_DTYPE_FLOAT16 ? 1 : 2, bits);
-    err = clBuildProgram(prog, 1, &E.dev, opts, NULL, NULL);
-    if (err != CL_SUCCESS) {
-        char log[16384] = "";
-        clGetProgramBuildInfo(prog, E.dev, CL_PROGRAM_BUILD_LOG, sizeof log - 1, log, NULL);
-        printf("%s\n", log);
-        tu_fatal(__FILE__, __LINE__, "clBuildProgram");
-    }
-    cl_kernel k = clCreateKernel(prog, "conv", &err);
-    REQUIRE_CL(err);
+    cl_program prog = NULL;
+    cl_kernel k = tu_probe_kernel(&E, conv_src, "conv", opts, &prog);
 
     enum { NH = 1 << 16 };
     uint16_t *h = tu_xmalloc(NH * sizeof *h);
@@ -347,7 +333,6 @@ static void test_device_conversions(efl_dtype dtype, int vw, int bits, const uin
     clReleaseKernel(k);
     clReleaseProgram(prog);
     free(h), free(h_new), free(h_ref), free(f_new), free(f_ref);
-    free(labels), free(protocol), free(common);
     tu_end();
 }
 

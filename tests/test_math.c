@@ -63,25 +63,11 @@ static void run_width(int vw, int fma)
     char name[96];
     snprintf(name, sizeof name, "approximation bounds, EFL_VW=%d, EFL_FMA=%d", vw, fma);
     tu_begin(name);
-    char *labels = tu_read_text(EFL_SOURCE_DIR "/kernels/efl_labels.h");
-    char *protocol = tu_read_text(EFL_SOURCE_DIR "/kernels/efl_protocol.h");
-    char *common = tu_read_text(EFL_SOURCE_DIR "/kernels/efl_common.h");
-    const char *srcs[4] = {labels, protocol, common, probe_src}; /* the library's order */
-    cl_int err = CL_SUCCESS;
-    cl_program prog = clCreateProgramWithSource(E.cl, 4, srcs, NULL, &err);
-    REQUIRE_CL(err);
     char opts[256];
     snprintf(opts, sizeof opts, "-cl-std=CL1.2 -DEFL_VW=%d -DEFL_FMA=%d -DEFL_FP64=0 -DEFL_WGX=1 -DEFL_APPLY_WG=1", vw,
              fma);
-    err = clBuildProgram(prog, 1, &E.dev, opts, NULL, NULL);
-    if (err != CL_SUCCESS) {
-        char log[16384] = "";
-        clGetProgramBuildInfo(prog, E.dev, CL_PROGRAM_BUILD_LOG, sizeof log - 1, log, NULL);
-        printf("%s\n", log);
-        tu_fatal(__FILE__, __LINE__, "clBuildProgram");
-    }
-    cl_kernel k = clCreateKernel(prog, "probe", &err);
-    REQUIRE_CL(err);
+    cl_program prog = NULL;
+    cl_kernel k = tu_probe_kernel(&E, probe_src, "probe", opts, &prog);
 
     float *a = malloc(NPTS * sizeof *a), *b = malloc(NPTS * sizeof *b), *x = malloc(NPTS * sizeof *x);
     float *gam = malloc(NPTS * sizeof *gam), *out = malloc(4 * NPTS * sizeof *out);
@@ -158,7 +144,7 @@ static void run_width(int vw, int fma)
     cl_mem bufs[6] = {ba, bb, bx, bgm, bp, bo};
     for (int i = 0; i < 6; ++i)
         tu_release(bufs[i]);
-    free(a), free(b), free(x), free(gam), free(out), free(pos), free(common), free(labels), free(protocol);
+    free(a), free(b), free(x), free(gam), free(out), free(pos);
     clReleaseKernel(k);
     clReleaseProgram(prog);
     tu_end();

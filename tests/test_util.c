@@ -161,7 +161,8 @@ void tu_release(cl_mem b)
         clReleaseMemObject(b);
 }
 
-char *tu_read_text(const char *path)
+/* A whole file, NUL-terminated (free it); fatal on failure. */
+static char *read_text(const char *path)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
@@ -175,6 +176,30 @@ char *tu_read_text(const char *path)
     s[n] = '\0';
     fclose(f);
     return s;
+}
+
+cl_kernel tu_probe_kernel(tu_env *e, const char *src, const char *name, const char *opts, cl_program *prog)
+{
+    char *labels = read_text(EFL_SOURCE_DIR "/kernels/efl_labels.h");
+    char *protocol = read_text(EFL_SOURCE_DIR "/kernels/efl_protocol.h");
+    char *common = read_text(EFL_SOURCE_DIR "/kernels/efl_common.h");
+    const char *srcs[4] = {labels, protocol, common, src}; /* the library's order */
+    cl_int err = CL_SUCCESS;
+    *prog = clCreateProgramWithSource(e->cl, 4, srcs, NULL, &err);
+    free(labels), free(protocol), free(common);
+    if (err != CL_SUCCESS)
+        tu_fatal(__FILE__, __LINE__, "clCreateProgramWithSource");
+    err = clBuildProgram(*prog, 1, &e->dev, opts, NULL, NULL);
+    if (err != CL_SUCCESS) {
+        char log[16384] = "";
+        clGetProgramBuildInfo(*prog, e->dev, CL_PROGRAM_BUILD_LOG, sizeof log - 1, log, NULL);
+        printf("%s\n", log);
+        tu_fatal(__FILE__, __LINE__, "clBuildProgram");
+    }
+    cl_kernel k = clCreateKernel(*prog, name, &err);
+    if (err != CL_SUCCESS)
+        tu_fatal(__FILE__, __LINE__, "clCreateKernel");
+    return k;
 }
 
 void *tu_xmalloc(size_t bytes)

@@ -81,7 +81,10 @@ void tu_read(tu_env *e, cl_mem b, size_t bytes, void *dst);
 void tu_fill(tu_env *e, cl_mem b, size_t bytes, unsigned char byte);
 void tu_release(cl_mem b);
 void *tu_xmalloc(size_t bytes); /* malloc (at least 1 byte); fatal on failure */
-char *tu_read_text(const char *path); /* a whole file, NUL-terminated (free it); fatal on failure */
+/* A probe kernel `name` from src, compiled after the library's kernel headers as the library
+ * compiles its kernels (efl_labels.h, efl_protocol.h, efl_common.h) with opts; its program in
+ * *prog (release both). Fatal on failure, with the build log printed. */
+cl_kernel tu_probe_kernel(tu_env *e, const char *src, const char *name, const char *opts, cl_program *prog);
 
 efl_loss *tu_loss(tu_env *e, const efl_loss_config *cfg); /* fatal on failure */
 efl_ref_params tu_ref_params(const efl_loss_config *cfg);
