@@ -244,10 +244,11 @@ typedef ushort efl_store_t;
 #endif
 
 /* 1 if any lane of a comparison result is set (scalar comparisons give 1, vector ones -1). Eight
- * and sixteen lanes are OR'ed as 64-bit words: PoCL's any() tests them one by one, with
- * branches, which cost the head layouts' all-negative path more than it saves. Four keep any():
- * LLVM turns the OR of two words into a shuffle that Oclgrind's uninitialised-value check
- * cannot run. */
+ * and sixteen lanes are folded in halves as 64-bit words, vector by vector, before the last two
+ * are tested: PoCL's any() tests lanes one by one, with branches, which cost the head layouts'
+ * all-negative path more than it saves, and the halving is one vptest on AVX2 where OR-ing four
+ * words one by one took eight shuffles and ORs. Four keep any(): LLVM turns the OR of two words
+ * into a shuffle that Oclgrind's uninitialised-value check cannot run. */
 static inline int efl_any(intV m)
 {
 #if EFL_VW == 1
@@ -255,11 +256,12 @@ static inline int efl_any(intV m)
 #elif EFL_VW == 4
     return any(m);
 #elif EFL_VW == 8
-    const ulong4 w = as_ulong4(m);
-    return (w.s0 | w.s1 | w.s2 | w.s3) != 0;
+    const ulong2 t = as_ulong4(m).lo | as_ulong4(m).hi;
+    return (t.x | t.y) != 0;
 #else
     const ulong4 w = as_ulong8(m).lo | as_ulong8(m).hi;
-    return (w.s0 | w.s1 | w.s2 | w.s3) != 0;
+    const ulong2 t = w.lo | w.hi;
+    return (t.x | t.y) != 0;
 #endif
 }
 

@@ -21,23 +21,7 @@
 #define EFL_VISIT_ROWS EFL_VW
 typedef intV efl_row_t; /* a visit's labels, one per lane, and what is decoded from them */
 
-/* Any lane of a comparison set: efl_any, but eight or sixteen lanes are folded in halves as
- * vectors before the last words are tested (fewer shuffles than OR-ing four 64-bit words, and
- * twice a visit: the invalid-label test and the positive test). */
-EFL_INLINE int efl_head_any(intV m)
-{
-#if EFL_VW == 8
-    const ulong2 t = as_ulong4(m).lo | as_ulong4(m).hi;
-    return (t.x | t.y) != 0;
-#elif EFL_VW == 16
-    const ulong4 w = as_ulong8(m).lo | as_ulong8(m).hi;
-    const ulong2 t = w.lo | w.hi;
-    return (t.x | t.y) != 0;
-#else
-    return efl_any(m);
-#endif
-}
-#define efl_row_any(m) efl_head_any(m)
+#define efl_row_any(m) efl_any(m)
 
 #if EFL_VW == 1
 #define efl_load_labels(p) (*(p))
@@ -100,7 +84,7 @@ EFL_INLINE floatV efl_load_factor(const efl_place *at, __global const float *row
 EFL_INLINE intV efl_positive(const efl_place *at, efl_row_t col) { return col == (int)at->cr; }
 
 /* No lane positive: none of the visit's rows is of this class. */
-EFL_INLINE int efl_all_negative(const efl_place *at, efl_row_t col, intV is_pos) { return !efl_head_any(is_pos); }
+EFL_INLINE int efl_all_negative(const efl_place *at, efl_row_t col, intV is_pos) { return !efl_any(is_pos); }
 
 /* Vectors per visit group: EFL_UNROLL while the rows last. At least one (r < r1), written so that
  * EFL_UNROLL = 1 folds to a constant. */
