@@ -439,7 +439,8 @@ static kernel_args step_args(const efl_loss *loss, const efl_batch *bt, const ba
     return a;
 }
 
-/* What efl_apply takes from an op: its loss output and scales (apply_args). */
+/* What efl_apply takes from an op: its loss output and scales (apply_args, and the fused path's
+ * apply stage: fused_args). */
 typedef struct {
     cl_mem loss_out;
     float loss_scale, stat_scale;
@@ -513,9 +514,8 @@ static cl_int enqueue_reduce(efl_loss *loss, const batch_plan *p, chain *ch)
     return chain_kernel(ch, &a, 1, &global, &local, 0, NULL);
 }
 
-/* Arguments of efl_apply (kernels/efl_apply.cl) for one mode. */
-static kernel_args apply_args(efl_loss *loss, cl_mem loss_out, float scale, cl_int mode, float stat_scale, cl_mem norm,
-                              cl_int write_loss)
+/* Arguments of efl_apply (kernels/efl_apply.cl) for one mode; norm: the normalizer buffer or NULL. */
+static kernel_args apply_args(efl_loss *loss, const apply_params *ap, cl_mem norm)
 {
     const cl_uint C = loss->cfg.num_classes;
     const float gamma_b = loss->cfg.gamma, s = loss->cfg.scale_factor, mu = loss->cfg.mu, alpha = loss->cfg.alpha;
@@ -526,17 +526,17 @@ static kernel_args apply_args(efl_loss *loss, cl_mem loss_out, float scale, cl_i
     ARG(&a, loss->cpad);
     ARG(&a, loss->state);
     ARG(&a, loss->table);
-    ARG(&a, loss_out);
+    ARG(&a, ap->loss_out);
     ARG(&a, loss->info);
     ARG(&a, C);
     ARG(&a, gamma_b);
     ARG(&a, s);
-    ARG(&a, scale);
-    ARG(&a, mode);
-    ARG(&a, stat_scale);
+    ARG(&a, ap->loss_scale);
+    ARG(&a, ap->mode);
+    ARG(&a, ap->stat_scale);
     ARG(&a, norm);
     ARG(&a, use_norm);
-    ARG(&a, write_loss);
+    ARG(&a, ap->write_total);
     ARG(&a, mu);
     ARG(&a, alpha);
     return a;
@@ -567,8 +567,7 @@ static cl_int enqueue_apply_last(efl_loss *loss, const batch_plan *p, const appl
                                  cl_event *event)
 {
     keep_stats(loss, p);
-    const kernel_args a = apply_args(loss, ap->loss_out, ap->loss_scale, ap->mode, ap->stat_scale, p->sc.norm,
-                                     ap->write_total);
+    const kernel_args a = apply_args(loss, ap, p->sc.norm);
     const size_t global = loss->kp.apply_wg;
     return chain_kernel(ch, &a, 1, &global, &global, 1, event);
 }
@@ -717,7 +716,8 @@ efl_status efl_enqueue_apply(efl_loss *loss, cl_command_queue queue, int mode, f
 {
     const size_t global = loss->kp.apply_wg;
     /* these modes write no loss: info stands in for the loss buffer */
-    const kernel_args a = apply_args(loss, loss->info, 1.0f, (cl_int)mode, stat_scale, NULL, 0);
+    const apply_params ap = {loss->info, 1.0f, stat_scale, (cl_int)mode, 0};
+    const kernel_args a = apply_args(loss, &ap, NULL);
     cl_int err = a.err;
     if (err == CL_SUCCESS)
         err = clEnqueueNDRangeKernel(queue, a.kernel, 1, NULL, &global, &global, 0, NULL, NULL);
