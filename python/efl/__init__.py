@@ -284,6 +284,14 @@ _STATE_NAMES = ("pos_grad", "neg_grad", "pos_neg")
 _CHANNEL_ORDERS = {"anchor": "anchor", "anchor_major": "anchor", "class": "class", "class_major": "class"}
 
 
+def _channel_order(channel_order):
+    """The layout ("anchor" or "class") a channel_order names; ValueError for anything else."""
+    order = _CHANNEL_ORDERS.get(channel_order) if isinstance(channel_order, str) else None
+    if order is None:
+        raise ValueError("channel_order must be 'anchor' or 'class', got %r" % (channel_order,))
+    return order
+
+
 def _level_geometry(i, shape, C, images, anchors):
     """Level i's (images, anchors, H, W) from its shape [B, A*C, H, W], checked against the levels
     before it (images, anchors: None until a level sets them); ValueError naming the level."""
@@ -604,9 +612,7 @@ class EqualizedFocalLoss:
             return p
         if data is not None:
             raise ValueError("pass either %s or levels=, not both" % what)
-        order = _CHANNEL_ORDERS.get(channel_order) if isinstance(channel_order, str) else None
-        if order is None:
-            raise ValueError("channel_order must be 'anchor' or 'class', got %r" % (channel_order,))
+        order = _channel_order(channel_order)
         if isinstance(levels, np.ndarray) and levels.ndim == 4:
             levels = [levels]
         levels = list(levels)

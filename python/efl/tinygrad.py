@@ -53,7 +53,8 @@ import threading
 
 import numpy as np
 
-from . import EflError, EqualizedFocalLoss as _NativeLoss, ExternalContext, Status, _lib, _level_geometry
+from . import EflError, EqualizedFocalLoss as _NativeLoss, ExternalContext, Status, _lib
+from . import _channel_order, _level_geometry
 
 # The tinygrad versions this module was tested with: the only place the range is written
 # (tests/python/tinygrad_venv.sh and scripts/setup.sh read it from here).
@@ -275,10 +276,7 @@ class EqualizedFocalLoss:
             rows = int(x.shape[0])
             b.layout = _lib.LAYOUTS["rows"]
         else:
-            order = {"anchor": "anchor", "anchor_major": "anchor", "class": "class",
-                     "class_major": "class"}.get(channel_order) if isinstance(channel_order, str) else None
-            if order is None:
-                raise ValueError("channel_order must be 'anchor' or 'class', got %r" % (channel_order,))
+            order = _channel_order(channel_order)
             images = None
             for i, t in enumerate(tensors):
                 images, anchors, h, w = _level_geometry(i, t.shape, C, images, anchors)
